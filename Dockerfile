@@ -1,0 +1,38 @@
+# The serving image: Triton Inference Server with the assembled model repository.
+# Built by make_triton_image.sh from build/<model_name>/context/ (this file is copied there).
+#   NGC base (default):  --build-arg TRITON_RELEASE=24.10   -> nvcr.io/nvidia/tritonserver:24.10-py3
+#   any other base:      --build-arg BASE_IMAGE=<image laid out like the NGC one>
+#   offline install:     --build-arg WHEELHOUSE=1 with the wheels in the context's wheels/
+ARG TRITON_RELEASE=24.10
+ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3
+FROM ${BASE_IMAGE}
+
+ARG WHEELHOUSE=0
+# Debian/Ubuntu 24.04 bases mark the system Python as externally managed; this image is the environment.
+ENV PIP_BREAK_SYSTEM_PACKAGES=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1
+
+COPY requirements-serving.txt /opt/tritoned/requirements-serving.txt
+COPY wheels/ /opt/tritoned/wheels/
+RUN if [ "$WHEELHOUSE" = "1" ]; then \
+      python3 -m pip install --no-cache-dir --no-index --find-links /opt/tritoned/wheels \
+        -r /opt/tritoned/requirements-serving.txt; \
+    else \
+      python3 -m pip install --no-cache-dir -r /opt/tritoned/requirements-serving.txt; \
+    fi \
+ && rm -rf /opt/tritoned/wheels
+
+# Owned by root and not writable by the server's user: the model repository is read-only to Triton.
+COPY model_repository/ /models/
+
+# uid 1000 is the user triton-server of the NGC image (and of the stand-in base).
+USER 1000
+EXPOSE 8000 8001 8002
+
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+  CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status != 200)"]
+
+CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=none", \
+     "--disable-auto-complete-config", "--strict-readiness=true", "--exit-on-error=true", \
+     "--exit-timeout-secs=10"]

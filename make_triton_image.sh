@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Assemble a Triton model repository (tokenizer -> ONNX model -> post-processing ensemble) from the
+# template and build a Docker image that serves it.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
+RESERVED_NAMES=(text_preprocessing model_onnx post_processing)
+NGC_IMAGE="nvcr.io/nvidia/tritonserver"
+DEFAULT_RELEASE="24.10"
+
+usage() {
+  cat <<USAGE
+Usage: ./make_triton_image.sh [options] MODEL TOKENIZER ID2LABEL [MODEL_NAME] [TAG] [MAX_BATCH_SIZE]
+
+  MODEL           model.onnx written by utils/convert_to_onnx.py (its conversion_report.json,
+                  which records the parity check with PyTorch, must lie beside it)
+  TOKENIZER       directory holding tokenizer.json (e.g. the converter's tokenizer/)
+  ID2LABEL        JSON object {"0": "label", ..., "N-1": "label"}
+  MODEL_NAME      name of the ensemble clients call, and of the image   (default: ensemble_model)
+                  lowercase letters, digits and . _ - (not first or last); not one of:
+                  ${RESERVED_NAMES[*]}
+  TAG             image tag                                              (default: latest)
+  MAX_BATCH_SIZE  most texts in one request, for every model             (default: 4)
+
+The image is MODEL_NAME:TAG. The assembled repository and the docker build context go to
+build/MODEL_NAME/context/ (replaced as a whole on every run; ./cleanup.sh removes build/).
+
+Options:
+  --no-build               assemble only; serve it with ./serve_local.sh MODEL_NAME
+  --triton-release R       NGC base nvcr.io/nvidia/tritonserver:R-py3        (default: $DEFAULT_RELEASE)
+  --base-image IMAGE       any other base laid out like the NGC image (e.g. the stand-in
+                           built by docker/standin/build_standin.sh)
+  --wheelhouse DIR         install the serving requirements offline from the wheels in DIR
+                           (made with: pip download -r requirements-serving.txt -d DIR
+                            --only-binary=:all: --python-version 3.10 --platform manylinux2014_x86_64)
+  --preprocessing-instances N  tokenizer instances                         (default: 1)
+  --model-instances N      ONNX Runtime instances                           (default: 1)
+  --ort-threads N          ONNX Runtime intra-op threads per instance, 0 = one per core (default: 0)
+  --batch-delay-us N       how long the dynamic batchers wait to fill a batch (default: 0)
+  -h, --help               this help
+
+Every input is checked before anything is built; a failure names the argument and the fix.
+USAGE
+}
+
+die() { echo "make_triton_image.sh: $*" >&2; exit 2; }
+
+# Globals set by parse_args.
+NO_BUILD=0
+BASE_IMAGE="$NGC_IMAGE:$DEFAULT_RELEASE-py3"
+WHEELHOUSE=""
+POSITIONAL=()
+export PREPROCESSING_INSTANCES=1 MODEL_INSTANCES=1 ORT_INTRA_OP_THREADS=0 BATCH_DELAY_US=0
+
+need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"; }
+
+parse_args() {
+  while [[ $# -gt 0 ]]; do
+    case "$1" in
+      -h|--help) usage; exit 0 ;;
+      --no-build) NO_BUILD=1 ;;
+      --triton-release) need_value "$@"; BASE_IMAGE="$NGC_IMAGE:$2-py3"; shift ;;
+      --base-image) need_value "$@"; BASE_IMAGE="$2"; shift ;;
+      --wheelhouse) need_value "$@"; WHEELHOUSE="$2"; shift ;;
+      --preprocessing-instances) need_value "$@"; PREPROCESSING_INSTANCES="$2"; shift ;;
+      --model-instances) need_value "$@"; MODEL_INSTANCES="$2"; shift ;;
+      --ort-threads) need_value "$@"; ORT_INTRA_OP_THREADS="$2"; shift ;;
+      --batch-delay-us) need_value "$@"; BATCH_DELAY_US="$2"; shift ;;
+      --) shift; POSITIONAL+=("$@"); break ;;
+      -*) die "unknown option: $1 (see --help)" ;;
+      *) POSITIONAL+=("$1") ;;
+    esac
+    shift
+  done
+  if [[ ${#POSITIONAL[@]} -lt 3 || ${#POSITIONAL[@]} -gt 6 ]]; then
+    usage >&2
+    die "expected 3 to 6 arguments, got ${#POSITIONAL[@]}"
+  fi
+}
+
+check_int() {
+  local what="$1" value="$2" min="$3"
+  if [[ ! "$value" =~ ^[0-9]+$ ]] || (( 10#$value < min )); then
+    die "$what must be an integer >= $min, got '$value'"
+  fi
+}
+
+check_model_name() {
+  local name="$1" reserved
+  [[ ${#name} -le 128 && "$name" =~ ^[a-z0-9]+([._-][a-z0-9]+)*$ ]] \
+    || die "MODEL_NAME '$name' is not valid for Triton and Docker: use lowercase letters, digits and . _ - (not first or last), e.g. support_intents"
+  for reserved in "${RESERVED_NAMES[@]}"; do
+    [[ "$name" != "$reserved" ]] || die "MODEL_NAME '$name' is taken by a model of the ensemble; pick another name"
+  done
+}
+
+check_tag() {
+  [[ "$1" =~ ^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$ ]] \
+    || die "TAG '$1' is not a valid Docker tag: letters, digits, _ . - (up to 128, not starting with . or -)"
+}
+
+find_python() {
+  local python="${TRITONED_PYTHON:-$ROOT/.venv/bin/python}"
+  [[ -x "$python" ]] || python="$(command -v python3 || true)"
+  if [[ -z "$python" ]] || ! "$python" -c 'import onnx, tokenizers' 2>/dev/null; then
+    die "no Python with onnx and tokenizers found; run ./setup_venv.sh first (or set TRITONED_PYTHON)"
+  fi
+  echo "$python"
+}
+
+# Run utils/validate_artifacts.py and export what it reports (NUM_LABELS, ...).
+validate_artifacts() {
+  local python="$1" model="$2" tokenizer="$3" id2label="$4" output line
+  output="$("$python" "$ROOT/utils/validate_artifacts.py" "$model" "$tokenizer" "$id2label" 2>&1)" \
+    || die "${output#error: }"
+  while IFS= read -r line; do
+    [[ "$line" =~ ^[A-Z_]+=[0-9]+$ ]] || die "unexpected validator output: $line"
+    export "${line?}"
+  done <<< "$output"
+}
+
+export_token_type_ids_snippets() {
+  if [[ "$HAS_TOKEN_TYPE_IDS" == 1 ]]; then
+    export ENSEMBLE_TOKEN_TYPE_IDS_OUTPUT_MAP='      output_map { key: "token_type_ids" value: "token_type_ids" }'
+    export ENSEMBLE_TOKEN_TYPE_IDS_INPUT_MAP='      input_map { key: "token_type_ids" value: "token_type_ids" }'
+    export PREPROCESSING_TOKEN_TYPE_IDS_OUTPUT='  ,{ name: "token_type_ids", data_type: TYPE_INT64, dims: [ -1 ] }'
+    export MODEL_TOKEN_TYPE_IDS_INPUT='  ,{ name: "token_type_ids", data_type: TYPE_INT64, dims: [ -1 ] }'
+  else
+    export ENSEMBLE_TOKEN_TYPE_IDS_OUTPUT_MAP="" ENSEMBLE_TOKEN_TYPE_IDS_INPUT_MAP=""
+    export PREPROCESSING_TOKEN_TYPE_IDS_OUTPUT="" MODEL_TOKEN_TYPE_IDS_INPUT=""
+  fi
+}
+
+# Build the whole context in a fresh directory; it replaces build/MODEL_NAME only when complete.
+assemble() {
+  local model="$1" tokenizer="$2" id2label="$3" staging="$4"
+  local repo="$staging/context/model_repository" tokdir file
+  mkdir -p "$staging/context"
+  cp -R "$ROOT/model_repository" "$repo"
+  mv "$repo/ensemble" "$repo/$MODEL_NAME"
+  mkdir -p "$repo/$MODEL_NAME/1" "$repo/model_onnx/1"  # git keeps no empty version directories
+  cp "$model" "$repo/model_onnx/1/model.onnx"
+  cp "$id2label" "$repo/post_processing/1/id2label.json"
+  tokdir="$tokenizer"
+  [[ -d "$tokdir" ]] || tokdir="$(dirname "$tokenizer")"
+  mkdir -p "$repo/text_preprocessing/1/tokenizer"
+  for file in tokenizer.json tokenizer_config.json special_tokens_map.json; do
+    [[ ! -f "$tokdir/$file" ]] || cp "$tokdir/$file" "$repo/text_preprocessing/1/tokenizer/"
+  done
+  find "$repo" -name '__pycache__' -prune -exec rm -rf {} +
+  "$ROOT/process_template.sh" "$repo"
+  cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$staging/context/"
+  mkdir -p "$staging/context/wheels"  # the Dockerfile copies it; empty unless --wheelhouse
+  [[ -z "$WHEELHOUSE" ]] || cp "$WHEELHOUSE"/*.whl "$staging/context/wheels/"
+}
+
+docker_build() {
+  local context="$1" image="$2"
+  local args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$image")
+  [[ -z "$WHEELHOUSE" ]] || args+=(--build-arg "WHEELHOUSE=1")
+  echo "Building image $image from $BASE_IMAGE" >&2
+  docker build "${args[@]}" "$context"
+}
+
+docker_reachable() {
+  command -v docker >/dev/null && docker info >/dev/null 2>&1
+}
+
+main() {
+  parse_args "$@"
+  local model="${POSITIONAL[0]}" tokenizer="${POSITIONAL[1]}" id2label="${POSITIONAL[2]}"
+  export MODEL_NAME="${POSITIONAL[3]:-ensemble_model}"
+  local tag="${POSITIONAL[4]:-latest}"
+  export MAX_BATCH_SIZE="${POSITIONAL[5]:-4}"
+
+  check_model_name "$MODEL_NAME"
+  check_tag "$tag"
+  check_int MAX_BATCH_SIZE "$MAX_BATCH_SIZE" 1
+  check_int --preprocessing-instances "$PREPROCESSING_INSTANCES" 1
+  check_int --model-instances "$MODEL_INSTANCES" 1
+  check_int --ort-threads "$ORT_INTRA_OP_THREADS" 0
+  check_int --batch-delay-us "$BATCH_DELAY_US" 0
+  if [[ -n "$WHEELHOUSE" ]]; then
+    compgen -G "$WHEELHOUSE/*.whl" >/dev/null || die "--wheelhouse $WHEELHOUSE holds no .whl files; fill it with pip download (see --help)"
+  fi
+  validate_artifacts "$(find_python)" "$model" "$tokenizer" "$id2label"
+  export_token_type_ids_snippets
+
+  mkdir -p "$BUILD_ROOT"
+  local staging target="$BUILD_ROOT/$MODEL_NAME"
+  staging="$(mktemp -d "$BUILD_ROOT/.staging.XXXXXX")"
+  # shellcheck disable=SC2064  # expand now: the path is fixed
+  trap "rm -rf -- '$staging'" EXIT
+  assemble "$model" "$tokenizer" "$id2label" "$staging"
+  rm -rf -- "$target"
+  mv "$staging" "$target"
+  trap - EXIT
+  echo "Model repository assembled: $target/context/model_repository" >&2
+
+  if [[ "$NO_BUILD" == 1 ]]; then
+    echo "Serve it locally: ./serve_local.sh $MODEL_NAME" >&2
+    return 0
+  fi
+  if ! docker_reachable; then
+    echo "make_triton_image.sh: no Docker engine is reachable ('docker info' fails), so no image was built." >&2
+    echo "The repository is ready to serve locally: ./serve_local.sh $MODEL_NAME" >&2
+    exit 3
+  fi
+  docker_build "$target/context" "$MODEL_NAME:$tag"
+  echo "Image $MODEL_NAME:$tag built. Run it:" >&2
+  echo "  docker run --rm --shm-size=256m -p8000:8000 -p8001:8001 -p8002:8002 $MODEL_NAME:$tag" >&2
+}
+
+main "$@"

@@ -1,0 +1,93 @@
+"""Shared fixtures: tiny models converted by utils/convert_to_onnx.py, assembled repositories, servers."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from local_triton import LocalTriton  # noqa: E402
+from tiny_models import BUILDERS  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Artifacts:
+    """What utils/convert_to_onnx.py writes, plus the Hugging Face model it came from."""
+
+    hf_dir: Path
+    out_dir: Path
+
+    @property
+    def model(self) -> Path:
+        return self.out_dir / "model.onnx"
+
+    @property
+    def tokenizer(self) -> Path:
+        return self.out_dir / "tokenizer"
+
+    @property
+    def id2label(self) -> Path:
+        return self.out_dir / "id2label.json"
+
+    def labels(self) -> dict[str, str]:
+        return json.loads(self.id2label.read_text(encoding="utf-8"))
+
+
+def run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, **kwargs)
+
+
+def convert_local(hf_dir: Path, out_dir: Path) -> Artifacts:
+    result = run([sys.executable, "utils/convert_to_onnx.py", "--model", str(hf_dir),
+                  "--model-storage", "local", "--output-dir", str(out_dir)])
+    assert result.returncode == 0, result.stderr[-4000:]
+    return Artifacts(hf_dir=hf_dir, out_dir=out_dir)
+
+
+@pytest.fixture(scope="session")
+def tiny_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Artifacts]:
+    """tiny_artifacts("bert") -> a tiny model of that architecture, converted once per session."""
+    cache: dict[str, Artifacts] = {}
+
+    def build(kind: str) -> Artifacts:
+        if kind not in cache:
+            base = tmp_path_factory.mktemp(f"tiny-{kind}")
+            cache[kind] = convert_local(BUILDERS[kind](base / "hf"), base / "converted")
+        return cache[kind]
+
+    return build
+
+
+def make_image(artifacts: Artifacts, build_dir: Path, *extra: str, env: dict[str, str] | None = None,
+               ) -> subprocess.CompletedProcess:
+    """./make_triton_image.sh [extra...] MODEL TOKENIZER ID2LABEL with build/ redirected to build_dir."""
+    return run([str(ROOT / "make_triton_image.sh"), str(artifacts.model), str(artifacts.tokenizer),
+                str(artifacts.id2label), *extra],
+               env={**os.environ, "TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": sys.executable,
+                    **(env or {})})
+
+
+@pytest.fixture(scope="module")
+def serve() -> Iterator[Callable[..., LocalTriton]]:
+    """serve(repository, log, build_dir) -> a started LocalTriton, stopped at module end."""
+    servers: list[LocalTriton] = []
+
+    def start(repository: Path, log: Path, build_dir: Path, extra_args: list[str] | None = None) -> LocalTriton:
+        env = {"TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": sys.executable,
+               "PATH": os.environ.get("PATH", "")}
+        server = LocalTriton(repository=repository, log=log, extra_args=extra_args or [], env=env)
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in servers:
+        server.stop()

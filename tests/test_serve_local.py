@@ -1,0 +1,74 @@
+"""serve_local.sh: listens on 127.0.0.1 by default, keeps admin APIs closed, and Ctrl-C stops
+everything it started (server and every Python backend stub)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image
+from local_triton import LocalTriton
+
+
+@pytest.fixture(scope="module")
+def repository(tiny_artifacts, tmp_path_factory) -> tuple[Path, Path]:
+    build_dir = tmp_path_factory.mktemp("build-serve")
+    result = make_image(tiny_artifacts("bert"), build_dir, "--no-build")
+    assert result.returncode == 0, result.stderr
+    return build_dir / "ensemble_model" / "context" / "model_repository", build_dir
+
+
+def listening_addresses(port: int) -> set[str]:
+    out = subprocess.run(["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True).stdout
+    hosts = {line.split()[3].rsplit(":", 1)[0] for line in out.splitlines() if line.strip()}
+    return {host.removeprefix("[::ffff:").removesuffix("]") for host in hosts}  # IPv4-mapped IPv6 = IPv4
+
+
+def descendants(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-e", "-o", "pid=,pgid="], capture_output=True, text=True).stdout
+    return [int(p) for p, g in (line.split() for line in out.splitlines()) if int(g) == pid]
+
+
+def post(url: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"{}")
+
+
+def test_local_only_locked_down_and_ctrl_c_stops_everything(repository, serve, tmp_path: Path) -> None:
+    repo, build_dir = repository
+    server: LocalTriton = serve(repo, tmp_path / "server.log", build_dir)
+    assert "Triton is ready" in server.log_text() or _wait_for_banner(server)
+
+    for port in (server.http_port, server.grpc_port, server.metrics_port):
+        assert listening_addresses(port) == {"127.0.0.1"}, port
+
+    base = f"http://{server.http_url}/v2"
+    status, body = post(f"{base}/repository/models/model_onnx/unload", {})
+    assert status in (400, 403), (status, body)  # model-repository API is restricted
+    status, body = post(f"{base}/logging", {"log_verbose_level": 1})
+    assert status in (400, 403), (status, body)
+    assert server.is_ready()
+
+    group = server.process.pid
+    assert len(descendants(group)) >= 4  # script, tritonserver, three stubs
+    assert server.interrupt(timeout=30) == 0, server.log_text()
+    time.sleep(0.5)
+    assert descendants(group) == [], "processes left after Ctrl-C"
+
+
+def _wait_for_banner(server: LocalTriton, timeout: float = 10) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if "Triton is ready" in server.log_text():
+            return True
+        time.sleep(0.2)
+    return False

@@ -1,0 +1,174 @@
+"""Check the three inputs of make_triton_image.sh before anything is built.
+
+Prints shell assignments (KEY=VALUE, one per line) that the build script uses to render the template:
+NUM_LABELS, HAS_TOKEN_TYPE_IDS (0/1), MAX_SEQUENCE_LENGTH. On any problem it prints one message that
+names the argument and the fix, and exits with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+REQUIRED_INPUTS = ("input_ids", "attention_mask")
+OPTIONAL_INPUTS = ("token_type_ids",)
+OUTPUT_NAME = "logits"
+INT64 = 7  # onnx.TensorProto.INT64
+REPORT_NAME = "conversion_report.json"
+CONVERT_HINT = "export it with utils/convert_to_onnx.py"
+SANE_MAX_LENGTH = 1_000_000  # transformers writes VERY_LARGE_INTEGER when a tokenizer has no limit
+
+
+class ArtifactError(Exception):
+    """A problem with one of the inputs; the message names the argument and the fix."""
+
+
+def load_id2label(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        raise ArtifactError(f"id2label: no such file: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"id2label: {path} is not valid JSON ({err}); write an object like "
+                            '{"0": "negative", "1": "positive"}') from err
+    if not isinstance(data, dict) or not data:
+        raise ArtifactError(f"id2label: {path} must be a non-empty JSON object like "
+                            '{"0": "negative", "1": "positive"}')
+    expected = {str(i) for i in range(len(data))}
+    if set(data) != expected:
+        raise ArtifactError(f"id2label: keys must be \"0\"..\"{len(data) - 1}\" with no gaps, got "
+                            f"{sorted(data)}; number the classes as the model's logits are ordered")
+    bad = [key for key, value in data.items() if not isinstance(value, str) or not value.strip()]
+    if bad:
+        raise ArtifactError(f"id2label: the label names of keys {sorted(bad, key=int)} must be non-empty strings")
+    return data
+
+
+def tokenizer_dir(path: Path) -> Path:
+    directory = path.parent if path.name == "tokenizer.json" else path
+    if not (directory / "tokenizer.json").is_file():
+        raise ArtifactError(f"tokenizer: {path} holds no tokenizer.json; pass the directory written by "
+                            "tokenizer.save_pretrained() for a fast tokenizer (utils/convert_to_onnx.py writes one)")
+    try:
+        from tokenizers import Tokenizer
+
+        Tokenizer.from_file(str(directory / "tokenizer.json"))
+    except Exception as err:  # tokenizers raises plain Exception subclasses
+        raise ArtifactError(f"tokenizer: {directory / 'tokenizer.json'} cannot be loaded ({err})") from err
+    return directory
+
+
+def tokenizer_max_length(directory: Path) -> int | None:
+    config = directory / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    value = json.loads(config.read_text(encoding="utf-8")).get("model_max_length")
+    return int(value) if isinstance(value, (int, float)) and 0 < value < SANE_MAX_LENGTH else None
+
+
+def is_dynamic(dim: Any) -> bool:
+    return not dim.HasField("dim_value") or dim.dim_value <= 0
+
+
+def load_onnx(path: Path) -> Any:
+    if not path.is_file():
+        raise ArtifactError(f"model: no such file: {path}")
+    import onnx
+
+    try:
+        return onnx.load(str(path), load_external_data=False)
+    except Exception as err:
+        raise ArtifactError(f"model: {path} is not an ONNX model ({err}); {CONVERT_HINT}") from err
+
+
+def check_inputs(model: Any, path: Path) -> bool:
+    """Returns whether the model takes token_type_ids."""
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in initializers}
+    allowed = REQUIRED_INPUTS + OPTIONAL_INPUTS
+    missing = [name for name in REQUIRED_INPUTS if name not in inputs]
+    extra = [name for name in inputs if name not in allowed]
+    if missing or extra:
+        raise ArtifactError(f"model: {path} has inputs {sorted(inputs)}; the template needs "
+                            f"{list(REQUIRED_INPUTS)} (+ optional {list(OPTIONAL_INPUTS)}); {CONVERT_HINT}")
+    for name, value in inputs.items():
+        tensor = value.type.tensor_type
+        dims = list(tensor.shape.dim)
+        if tensor.elem_type != INT64:
+            raise ArtifactError(f"model: input {name} must be int64; {CONVERT_HINT}")
+        if len(dims) != 2 or not all(is_dynamic(dim) for dim in dims):
+            raise ArtifactError(f"model: input {name} must have dynamic [batch, sequence] axes; "
+                                f"export with dynamic_axes or {CONVERT_HINT}")
+    return "token_type_ids" in inputs
+
+
+def check_output(model: Any, path: Path, num_labels: int) -> None:
+    outputs = {o.name: o for o in model.graph.output}
+    if OUTPUT_NAME not in outputs:
+        raise ArtifactError(f"model: {path} has outputs {sorted(outputs)}, needs '{OUTPUT_NAME}'; {CONVERT_HINT}")
+    dims = list(outputs[OUTPUT_NAME].type.tensor_type.shape.dim)
+    if len(dims) != 2 or is_dynamic(dims[1]):
+        raise ArtifactError(f"model: output logits must be [batch, num_labels] with a fixed num_labels; {CONVERT_HINT}")
+    if dims[1].dim_value != num_labels:
+        raise ArtifactError(f"model: logits have {dims[1].dim_value} classes but id2label names {num_labels}; "
+                            "pass the id2label.json written for this model")
+
+
+def position_embeddings(model: Any) -> int | None:
+    sizes = [init.dims[0] for init in model.graph.initializer
+             if "position_embeddings" in init.name and len(init.dims) == 2]
+    return min(sizes) if sizes else None
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """The converter's report: parity with PyTorch must have been checked for exactly this file."""
+    report_path = path.parent / REPORT_NAME
+    fix = f"convert the model with utils/convert_to_onnx.py, which checks parity with PyTorch and writes {REPORT_NAME}"
+    if not report_path.is_file():
+        raise ArtifactError(f"model: no {REPORT_NAME} beside {path}: its parity with PyTorch was never checked; {fix}")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    if not report.get("parity", {}).get("passed"):
+        raise ArtifactError(f"model: {report_path} does not record a passed parity check; {fix}")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if report.get("model_sha256") != digest:
+        raise ArtifactError(f"model: {path} is not the file whose parity {report_path} records (sha256 differs); {fix}")
+    return report
+
+
+def validate(model_path: Path, tokenizer_path: Path, id2label_path: Path) -> dict[str, int]:
+    id2label = load_id2label(id2label_path)
+    directory = tokenizer_dir(tokenizer_path)
+    model = load_onnx(model_path)
+    has_token_type_ids = check_inputs(model, model_path)
+    check_output(model, model_path, len(id2label))
+    report = load_report(model_path)
+    limits = [value for value in (report.get("max_sequence_length"), tokenizer_max_length(directory),
+                                  position_embeddings(model)) if isinstance(value, int) and value > 0]
+    return {
+        "NUM_LABELS": len(id2label),
+        "HAS_TOKEN_TYPE_IDS": int(has_token_type_ids),
+        "MAX_SEQUENCE_LENGTH": min(limits) if limits else 512,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", type=Path, help="model.onnx written by utils/convert_to_onnx.py")
+    parser.add_argument("tokenizer", type=Path, help="directory holding tokenizer.json")
+    parser.add_argument("id2label", type=Path, help='JSON object {"0": "label", ...}')
+    args = parser.parse_args(argv)
+    try:
+        values = validate(args.model, args.tokenizer, args.id2label)
+    except ArtifactError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for key, value in values.items():
+        print(f"{key}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
