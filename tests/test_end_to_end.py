@@ -65,7 +65,7 @@ def decoded(result) -> tuple[list[str], np.ndarray, np.ndarray]:
     return labels, result.as_numpy("probabilities"), result.as_numpy("score")
 
 
-@pytest.fixture(scope="module", params=["bert", "distilbert"])
+@pytest.fixture(scope="module", params=["bert", "distilbert", "roberta", "xlm_roberta"])
 def served(request, tiny_artifacts, serve, tmp_path_factory) -> Served:
     artifacts = tiny_artifacts(request.param)
     build_dir = tmp_path_factory.mktemp(f"build-{request.param}")
