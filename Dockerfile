@@ -25,6 +25,8 @@ RUN if [ "$WHEELHOUSE" = "1" ]; then \
 
 # Owned by root and not writable by the server's user: the model repository is read-only to Triton.
 COPY model_repository/ /models/
+# The entrypoint (docker/serve_image.sh) and the lock-down it shares with serve_local.sh.
+COPY serve_image.sh lockdown.sh /opt/tritoned/
 
 # uid 1000 is the user triton-server of the NGC image (and of the stand-in base).
 USER 1000
@@ -33,6 +35,8 @@ EXPOSE 8000 8001 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
   CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status != 200)"]
 
-CMD ["tritonserver", "--model-repository=/models", "--model-control-mode=none", \
-     "--disable-auto-complete-config", "--strict-readiness=true", "--exit-on-error=true", \
-     "--exit-timeout-secs=10"]
+# Triton on /models with only inference, health, metadata and statistics open; it execs tritonserver, so
+# SIGTERM reaches it. Arguments of docker run go to tritonserver; -e TRITONED_ADMIN_KEY=... opens the
+# restricted APIs to requests with that key (see /opt/tritoned/serve_image.sh --help).
+ENTRYPOINT ["/opt/tritoned/serve_image.sh"]
+CMD []

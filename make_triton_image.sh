@@ -150,7 +150,8 @@ assemble() {
   done
   find "$repo" -name '__pycache__' -prune -exec rm -rf {} +
   "$ROOT/process_template.sh" "$repo"
-  cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$staging/context/"
+  cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$ROOT/docker/serve_image.sh" "$ROOT/docker/lockdown.sh" \
+     "$staging/context/"
   mkdir -p "$staging/context/wheels"  # the Dockerfile copies it; empty unless --wheelhouse
   [[ -z "$WHEELHOUSE" ]] || cp "$WHEELHOUSE"/*.whl "$staging/context/wheels/"
 }

@@ -6,8 +6,9 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
-RESTRICTED_APIS="model-repository,shared-memory,trace,logging"
-ADMIN_HEADER="tritoned-admin-key"
+# RESTRICTED_APIS, ADMIN_HEADER, make_admin_key, lockdown_args: the same lock-down as the image's.
+# shellcheck source=docker/lockdown.sh
+source "$ROOT/docker/lockdown.sh"
 
 usage() {
   cat <<USAGE
@@ -26,7 +27,8 @@ Options:
 
 Locked down: no model loading over the API (--model-control-mode=none), and the
 $RESTRICTED_APIS APIs answer only to requests with the header
-$ADMIN_HEADER: \$TRITONED_ADMIN_KEY (a random key when unset, i.e. closed).
+$ADMIN_HEADER: \$TRITONED_ADMIN_KEY (gRPC metadata: triton-grpc-protocol-$ADMIN_HEADER;
+a random key when unset, i.e. closed). Inference, health, metadata and statistics stay open.
 Extra arguments after -- go to tritonserver as they are.
 Environment: TRITONED_PYTHON (default .venv/bin/python; run ./setup_venv.sh first).
 USAGE
@@ -113,6 +115,29 @@ wait_ready() {
   return 1
 }
 
+# Triton's Python backend keeps its shared memory in /dev/shm/<prefix><uuid> (1 MB or more each, in RAM) and
+# removes it only on a clean exit: a server killed with SIGKILL leaves its regions behind. Ours are named
+# tritoned_shm_<pid namespace>_<server pid>_<uuid>, so a later start can prove them stale (that server pid
+# no longer exists) and remove them; regions of any other server are never touched.
+shm_prefix() {
+  local ns
+  ns="$(readlink /proc/self/ns/pid 2>/dev/null | tr -dc '0-9' || true)"
+  echo "tritoned_shm_${ns:-0}_"
+}
+
+clean_stale_shm() {
+  local prefix="$1" file pid
+  [[ "$prefix" != tritoned_shm_0_ && -d /proc/self ]] || return 0  # no /proc: nothing is provably stale
+  for file in /dev/shm/"$prefix"*; do
+    [[ -f "$file" ]] || continue
+    pid="${file#/dev/shm/"$prefix"}"
+    pid="${pid%%_*}"
+    [[ "$pid" =~ ^[0-9]+$ && ! -e "/proc/$pid" ]] || continue
+    rm -f -- "$file"
+    echo "serve_local.sh: removed stale $file (left by Triton pid $pid, which exited without cleaning up)" >&2
+  done
+}
+
 print_try_it() {
   local repo="$1" model name
   for model in "$repo"/*/config.pbtxt; do
@@ -129,11 +154,12 @@ main() {
   parse_args "$@"
   command -v curl >/dev/null || die "curl not found (apt-get install curl)"
   local repo python site libdir version backends admin_key
+  admin_key="$(make_admin_key)" || die "refusing to start"
+  lockdown_args "$admin_key"
   repo="$(repository_dir)"
   python="$(find_python)"
   read -r site libdir version < <(python_layout "$python")
   backends="$(prepare_backends "$site" "$version")"
-  admin_key="${TRITONED_ADMIN_KEY:-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}"
 
   # The stub embeds Python and finds the environment through `python3` on PATH.
   PATH="$(dirname "$python"):$PATH"
@@ -142,17 +168,21 @@ main() {
 
   local server_args=(
     --model-repository="$repo" --backend-directory="$backends"
-    --model-control-mode=none --disable-auto-complete-config
+    --disable-auto-complete-config
     --strict-readiness=true --exit-on-error=true --exit-timeout-secs=5
     --http-address="$HOST" --http-port="$HTTP_PORT"
     --grpc-address="$HOST" --grpc-port="$GRPC_PORT"
     --metrics-address="$HOST" --metrics-port="$METRICS_PORT"
-    --http-restricted-api="$RESTRICTED_APIS:$ADMIN_HEADER=$admin_key"
-    --grpc-restricted-protocol="$RESTRICTED_APIS:$ADMIN_HEADER=$admin_key"
+    "${LOCKDOWN_ARGS[@]}"
     "${EXTRA_ARGS[@]}"
   )
   echo "Starting Triton on $repo" >&2
-  "$site/pytriton/tritonserver/bin/tritonserver" "${server_args[@]}" &
+  local shm
+  shm="$(shm_prefix)"
+  clean_stale_shm "$shm"
+  # exec in a subshell: tritonserver keeps the subshell's pid ($BASHPID), which its region names carry.
+  (exec "$site/pytriton/tritonserver/bin/tritonserver" \
+     --backend-config=python,shm-region-prefix-name="$shm${BASHPID}_" "${server_args[@]}") &
   local pid=$!
   local interrupted=0 status=0
   trap 'interrupted=1; kill -TERM "$pid" 2>/dev/null || true' INT TERM

@@ -12,6 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 120
+PORT_TAKEN = ("already in use", "Address in use", "Failed to bind", "address already")
 
 
 def free_ports(count: int) -> list[int]:
@@ -46,7 +47,18 @@ class LocalTriton:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, wait: bool = True) -> "LocalTriton":
+    def start(self, wait: bool = True, attempts: int = 3) -> "LocalTriton":
+        """Starts on free ports; when another process takes one of them first (the ports are only free when
+        chosen), starts again on new ones."""
+        for attempt in range(attempts):
+            try:
+                return self._start(wait)
+            except RuntimeError as error:
+                if attempt + 1 == attempts or not any(sign in str(error) for sign in PORT_TAKEN):
+                    raise
+        raise AssertionError("unreachable")
+
+    def _start(self, wait: bool) -> "LocalTriton":
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         command = [
             str(ROOT / "serve_local.sh"), str(self.repository),

@@ -9,6 +9,8 @@ import json
 import re
 import subprocess
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -16,6 +18,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from conftest import ROOT, Artifacts, make_image
 from docker_helpers import (Container, Engine, EngineUnavailable, build_standin, docker,
@@ -30,6 +33,20 @@ TEXTS = ["помогите мне", "where is my order", "I want a refund for th
 STOP_LIMIT_S = 30
 # Set in make_triton_image.sh's environment: neither may end up anywhere in the image.
 SECRET_VARIABLES = ("HF_TOKEN", "CLEARML_API_SECRET_KEY", "CLEARML_API_ACCESS_KEY")
+ADMIN_HEADER = "tritoned-admin-key"
+GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # Triton's prefix for gRPC metadata
+# (method, path, body) of APIs that only the admin key opens: model repository, logging, trace, shared memory.
+RESTRICTED_HTTP = [
+    ("POST", f"/v2/repository/models/{MODEL_NAME}/unload", {}),
+    ("POST", "/v2/repository/index", {}),
+    ("GET", "/v2/logging", None),
+    ("POST", "/v2/logging", {"log_verbose_level": 1}),
+    ("GET", "/v2/trace/setting", None),
+    ("GET", "/v2/systemsharedmemory/status", None),
+]
+# Open to everyone: inference (tested above), health, metadata, model configuration, statistics.
+OPEN_HTTP = ["/v2/health/live", "/v2/health/ready", "/v2", f"/v2/models/{MODEL_NAME}",
+             f"/v2/models/{MODEL_NAME}/config", "/v2/models/stats"]
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +101,35 @@ def container(built: tuple[str, Artifacts, Path]) -> Iterator[Container]:
         yield running
     finally:
         running.remove()
+
+
+@pytest.fixture(scope="module")
+def admin_container(built: tuple[str, Artifacts, Path]) -> Iterator[tuple[Container, str]]:
+    """(container, key): the README's docker run with -e TRITONED_ADMIN_KEY=<key> and one tritonserver option
+    after the image name (--log-verbose=1), as an operator opens the restricted APIs."""
+    key = uuid.uuid4().hex
+    host_ports = dict(zip((8000, 8001, 8002), free_ports(3)))
+    name = f"tritoned-test-admin-{uuid.uuid4().hex[:10]}"
+    command = localize_run_command(readme_docker_run(ROOT / "README.md", MODEL_NAME), built[0], name, host_ports)
+    command = [*command[:-1], "-e", f"TRITONED_ADMIN_KEY={key}", command[-1], "--log-verbose=1"]
+    running = Container(command=command, name=name, host_ports=host_ports).start()
+    try:
+        running.wait_ready()
+        yield running, key
+    finally:
+        running.remove()
+
+
+def http(address: str, method: str, path: str, body: dict | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """(status, body text) of one HTTP request to address (host:port)."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{address}{path}", data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +206,13 @@ def test_model_repository_is_read_only_for_the_server_user(container: Container)
         assert attempt.returncode != 0, f"{target} could be written"
 
 
+def test_entrypoint_is_read_only_for_the_server_user(container: Container) -> None:
+    """A writable entrypoint would let a compromised server change what the next `docker restart` runs."""
+    for path in ("/opt/tritoned", "/opt/tritoned/serve_image.sh", "/opt/tritoned/lockdown.sh"):
+        assert container.exec("test", "-e", path).returncode == 0, f"{path} missing"
+        assert container.exec("test", "-w", path).returncode != 0, f"{path} is writable by the server's user"
+
+
 def test_image_has_no_torch(container: Container) -> None:
     probe = ("import importlib.util, sys; sys.exit(importlib.util.find_spec('torch') is not None)")
     assert container.exec("python3", "-c", probe).returncode == 0, "python3 in the image imports torch"
@@ -177,6 +230,74 @@ def test_no_build_environment_credentials_in_image(built, secrets: dict[str, str
     assert not leaked, f"credentials from the build environment found in the image: {leaked}"
     history = docker("history", "--no-trunc", image).stdout + docker("inspect", image).stdout
     assert not [name for name in secrets if name in history], "credential variable names in image metadata"
+
+
+def test_restricted_apis_are_closed_the_others_open(container: Container) -> None:
+    address = container.url(8000)
+    for method, path, body in RESTRICTED_HTTP:
+        for headers in ({}, {ADMIN_HEADER: "not-the-key-" * 3}):
+            status, text = http(address, method, path, body, headers)
+            assert status == 403 and "restricted" in text, (method, path, headers, status, text)
+    for path in OPEN_HTTP:
+        status, text = http(address, "GET", path)
+        assert status == 200, (path, status, text)
+    client = grpcclient.InferenceServerClient(container.url(8001))
+    for call in (client.get_log_settings, client.get_trace_settings, client.get_system_shared_memory_status,
+                 client.get_model_repository_index, lambda: client.unload_model(MODEL_NAME)):
+        with pytest.raises(InferenceServerException, match="restricted"):
+            call()
+    assert client.get_model_metadata(MODEL_NAME).name == MODEL_NAME
+    assert client.get_inference_statistics(MODEL_NAME).model_stats
+    assert client.is_model_ready(MODEL_NAME), "the model was unloaded through a restricted API"
+
+
+def test_admin_key_opens_the_restricted_apis(admin_container: tuple[Container, str]) -> None:
+    running, key = admin_container
+    address = running.url(8000)
+    assert http(address, "GET", "/v2/logging")[0] == 403, "open without the key"
+    assert http(address, "GET", "/v2/logging", headers={ADMIN_HEADER: key[:-1] + "x"})[0] == 403
+    status, text = http(address, "GET", "/v2/logging", headers={ADMIN_HEADER: key})
+    assert status == 200, (status, text)
+    assert json.loads(text)["log_verbose_level"] == 1, f"the option after the image name was not passed on: {text}"
+    status, text = http(address, "POST", "/v2/repository/index", {}, {ADMIN_HEADER: key})
+    assert status == 200 and MODEL_NAME in {m["name"] for m in json.loads(text)}, (status, text)
+    client = grpcclient.InferenceServerClient(running.url(8001))
+    for headers in ({}, {ADMIN_HEADER: key}):  # gRPC wants the prefixed name
+        with pytest.raises(InferenceServerException, match="restricted"):
+            client.get_trace_settings(headers=headers)
+    assert client.get_trace_settings(headers={GRPC_ADMIN_HEADER: key}, as_json=True)["settings"]
+    # The key opens the API, not model control: models still can't be unloaded (--model-control-mode=none).
+    status, text = http(address, "POST", f"/v2/repository/models/{MODEL_NAME}/unload", {}, {ADMIN_HEADER: key})
+    assert status >= 400 and "not allowed" in text, (status, text)
+    assert client.is_model_ready(MODEL_NAME)
+
+
+def test_admin_key_stays_out_of_the_servers_environment(admin_container: tuple[Container, str]) -> None:
+    running, key = admin_container
+    probe = (
+        "import pathlib\n"
+        "for proc in pathlib.Path('/proc').glob('[0-9]*'):\n"
+        "    try:\n"
+        "        comm, environ = (proc / 'comm').read_text().strip(), (proc / 'environ').read_bytes()\n"
+        "    except OSError:\n"
+        "        continue\n"
+        "    if comm.startswith('triton'):\n"
+        "        print(proc.name, comm, b'TRITONED_ADMIN_KEY' in environ)\n"
+    )
+    lines = running.exec("python3", "-c", probe).stdout.split()
+    processes = [lines[i:i + 3] for i in range(0, len(lines), 3)]
+    assert len(processes) >= 4, f"expected tritonserver and three stubs: {processes}"
+    assert [p for p in processes if p[2] != "False"] == [], f"TRITONED_ADMIN_KEY inherited: {processes}"
+    assert ["1", "tritonserver", "False"] in processes, f"PID 1 is not tritonserver (no exec?): {processes}"
+
+
+def test_entrypoint_runs_a_command_and_explains_itself(built) -> None:
+    image = built[0]
+    result = docker("run", "--rm", image, "--help", timeout=60)
+    assert "Usage:" in result.stdout and ADMIN_HEADER in result.stdout, result.stdout
+    result = docker("run", "--rm", "-e", "TRITONED_ADMIN_KEY=short", image, timeout=60, check=False)
+    assert result.returncode == 2 and "TRITONED_ADMIN_KEY must be" in result.stderr, result
+    assert docker("run", "--rm", image, "id", "-u", timeout=60).stdout.strip() == "1000"
 
 
 def test_docker_stop_ends_it_within_30s(container: Container) -> None:

@@ -77,6 +77,14 @@ def served(request, tiny_artifacts, serve, tmp_path_factory) -> Served:
     return Served(artifacts, server, repository)
 
 
+def test_answers_of_different_texts_differ_beyond_the_tolerance(served: Served) -> None:
+    """Guards the other tests: were all texts' probabilities within TOLERANCE of each other, a server that
+    swapped or repeated answers would pass them."""
+    probabilities = served.expected[:-1]  # the last text repeats one word: kept out, it may look like another
+    gaps = [np.abs(a - b).max() for i, a in enumerate(probabilities) for b in probabilities[:i]]
+    assert min(gaps) > 10 * TOLERANCE, f"answers too alike to tell apart: min gap {min(gaps):.2e}"
+
+
 def test_token_type_ids_only_when_the_model_takes_them(served: Served) -> None:
     import onnx
 

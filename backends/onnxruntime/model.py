@@ -7,7 +7,8 @@ Triton's native ONNX Runtime backend in the NGC image.
 
 It honours the native backend's config: `default_model_filename` (default model.onnx) and the
 parameters `intra_op_thread_count` / `inter_op_thread_count`. Requests that arrive together (dynamic
-batching) and share a shape are concatenated into one `session.run`.
+batching) and share a shape are concatenated into one `session.run`; if that run fails, the requests are
+run one by one, so only the request that caused the failure gets an error.
 """
 from __future__ import annotations
 
@@ -72,20 +73,28 @@ class TritonPythonModel:
             groups[tuple(array.shape[1:] for array in arrays)].append((index, arrays))
 
         for members in groups.values():
-            try:
-                outputs = self._run(members)
-            except Exception as err:  # one failing shape group must not take the others down
-                error = pb_utils.TritonError(f"onnxruntime: {err}")
-                for index, _ in members:
-                    responses[index] = pb_utils.InferenceResponse(error=error)
-                continue
-            start = 0
-            for index, arrays in members:
-                end = start + len(arrays[0])
-                tensors = [pb_utils.Tensor(name, out[start:end]) for name, out in zip(self.output_names, outputs)]
-                responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
-                start = end
+            self._respond(members, responses)
         return responses
+
+    def _respond(self, members: list[tuple[int, list[np.ndarray]]], responses: list[Any]) -> None:
+        """Run one shape group; if it fails, run its requests one by one so that only the bad one fails."""
+        try:
+            outputs = self._run(members)
+        except Exception as err:  # one bad request must not take the others down
+            if len(members) > 1:
+                for member in members:
+                    self._respond([member], responses)
+                return
+            # A TritonError of its own per response: Triton 2.51 aborts the server when responses share one.
+            error = pb_utils.TritonError(f"onnxruntime: {err}")
+            responses[members[0][0]] = pb_utils.InferenceResponse(error=error)
+            return
+        start = 0
+        for index, arrays in members:
+            end = start + len(arrays[0])
+            tensors = [pb_utils.Tensor(name, out[start:end]) for name, out in zip(self.output_names, outputs)]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+            start = end
 
     def _run(self, members: list[tuple[int, list[np.ndarray]]]) -> list[np.ndarray]:
         if len(members) == 1:

@@ -1,7 +1,9 @@
 """Triton Python model: logits -> label, score and probabilities.
 
 The logits of all requests in one `execute` call go through one softmax; each request gets back the
-id2label name of its top class, that class's probability, and all probabilities in id order.
+id2label name of its top class, that class's probability, and all probabilities in id order. A request
+whose logits are not all finite (NaN/inf: a broken model, or a client calling this model directly) gets
+an error of its own instead of a label picked from NaN probabilities; the other requests are served.
 """
 from __future__ import annotations
 
@@ -36,7 +38,10 @@ class TritonPythonModel:
 
     def execute(self, requests: list[Any]) -> list[Any]:
         logits = [pb_utils.get_input_tensor_by_name(r, "logits").as_numpy() for r in requests]
-        probabilities = softmax(np.concatenate(logits).astype(np.float32, copy=False))
+        all_logits = np.concatenate(logits).astype(np.float32, copy=False)
+        finite = np.isfinite(all_logits).all(axis=1)
+        with np.errstate(invalid="ignore", over="ignore"):  # rows with NaN/inf are answered with an error below
+            probabilities = softmax(all_logits)
         top = probabilities.argmax(axis=1)
         labels = self.labels[top].reshape(-1, 1)
         scores = probabilities[np.arange(len(top)), top].reshape(-1, 1)
@@ -45,6 +50,12 @@ class TritonPythonModel:
         start = 0
         for chunk in logits:
             end = start + len(chunk)
+            if not finite[start:end].all():
+                rows = [int(row) for row in np.flatnonzero(~finite[start:end])]
+                message = f"post_processing: logits of row(s) {rows} are not finite (NaN or inf)"
+                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
+                start = end
+                continue
             responses.append(pb_utils.InferenceResponse(output_tensors=[
                 pb_utils.Tensor("label", labels[start:end]),
                 pb_utils.Tensor("score", scores[start:end]),

@@ -3,6 +3,10 @@
 All texts of all requests in one `execute` call go through the tokenizer in a single call; each request
 is then padded to the longest of its own texts (never to a fixed length), so a short request never pays
 for a long neighbour. A request whose text is not valid UTF-8 gets its own error; the rest are served.
+
+A text far beyond the model's limit (say 1 MB) is not tokenized whole only to be truncated: its first
+`max_length * PREFIX_CHARS_PER_TOKEN` characters are, and that prefix's tokens are used only when they provably
+are those of the whole text (see `prefix_is_enough`); otherwise the whole text is tokenized.
 """
 from __future__ import annotations
 
@@ -17,6 +21,8 @@ from tokenizers import Tokenizer
 
 LOGGER = logging.getLogger("text_preprocessing")
 PAD_TOKEN_CANDIDATES = ("[PAD]", "<pad>", "<PAD>", "[pad]")
+# Texts longer than max_length * this many characters are tried as a prefix first (a token is rarely > 10).
+PREFIX_CHARS_PER_TOKEN = 50
 
 
 def find_pad_id(tokenizer: Tokenizer, tokenizer_dir: Path) -> int:
@@ -52,6 +58,27 @@ def decode_texts(raw: np.ndarray) -> list[str]:
     return texts
 
 
+def prefix_is_enough(encoding: Any) -> bool:
+    """Whether a truncated prefix's encoding equals the whole text's.
+
+    The normalizers and pre-tokenizers of `tokenizers` act locally (per character, or by regular expressions
+    scanned left to right), so cutting a text can change only the pre-token (word) the cut falls in, and the
+    model tokenizes each pre-token on its own. If the kept tokens all come from words at least one whole word
+    before the prefix's last word, the rest of the text cannot change them. A tokenizer with no word split
+    (every token of word 0) never qualifies: its long texts are tokenized whole.
+    """
+    kept = [word for word in encoding.word_ids if word is not None]
+    rest = [word for piece in encoding.overflowing for word in piece.word_ids if word is not None]
+    return bool(kept) and bool(rest) and max(kept) + 1 < max(rest)
+
+
+def error_response(message: str) -> Any:
+    """A per-request error; INVALID_ARG makes it HTTP 400 / gRPC INVALID_ARGUMENT (not 500) where supported."""
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None)
+    error = pb_utils.TritonError(message) if code is None else pb_utils.TritonError(message, code)
+    return pb_utils.InferenceResponse(error=error)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
@@ -67,6 +94,7 @@ class TritonPythonModel:
         self.with_token_type_ids = "token_type_ids" in self.output_names
         encode = getattr(self.tokenizer, "encode_batch_fast", None)
         self.encode_batch = encode if encode is not None else self.tokenizer.encode_batch
+        self.prefix_chars = self.max_length * PREFIX_CHARS_PER_TOKEN
         LOGGER.info("max_length=%d pad_id=%d outputs=%s", self.max_length, self.pad_id, self.output_names)
 
     def execute(self, requests: list[Any]) -> list[Any]:
@@ -79,18 +107,45 @@ class TritonPythonModel:
                 per_request.append(str(err))
 
         all_texts = [text for texts in per_request if isinstance(texts, list) for text in texts]
-        encodings = self.encode_batch(all_texts) if all_texts else []
+        try:
+            encodings = self.encode(all_texts)
+        except Exception:  # never seen; isolate the request that causes it instead of failing the batch
+            LOGGER.exception("batched tokenization failed: tokenizing request by request")
+            return [self._respond_alone(texts) for texts in per_request]
 
         responses = []
         start = 0
         for texts in per_request:
             if isinstance(texts, str):
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(texts)))
+                responses.append(error_response(texts))
                 continue
             batch = encodings[start:start + len(texts)]
             start += len(texts)
             responses.append(pb_utils.InferenceResponse(output_tensors=self._tensors(batch)))
         return responses
+
+    def encode(self, texts: list[str]) -> list[Any]:
+        """Encodings of `texts`: one batched tokenizer call, plus one for the prefixes of texts far beyond
+        max_length when there are any (a prefix whose tokens are not provably the whole text's is dropped)."""
+        long_rows = [row for row, text in enumerate(texts) if len(text) > self.prefix_chars]
+        if not long_rows:
+            return self.encode_batch(texts) if texts else []
+        # encode_batch (not _fast): prefix_is_enough needs the word ids.
+        prefixes = self.tokenizer.encode_batch([texts[row][:self.prefix_chars] for row in long_rows])
+        known = {row: enc for row, enc in zip(long_rows, prefixes) if prefix_is_enough(enc)}
+        rest = [row for row in range(len(texts)) if row not in known]
+        for row, encoding in zip(rest, self.encode_batch([texts[row] for row in rest]) if rest else []):
+            known[row] = encoding
+        return [known[row] for row in range(len(texts))]
+
+    def _respond_alone(self, texts: list[str] | str) -> Any:
+        if isinstance(texts, str):
+            return error_response(texts)
+        try:
+            return pb_utils.InferenceResponse(output_tensors=self._tensors(self.encode(texts)))
+        except Exception as err:  # noqa: BLE001 - reported to the client that sent it
+            error = pb_utils.TritonError(f"text_preprocessing: tokenizer failed: {err}")
+            return pb_utils.InferenceResponse(error=error)
 
     def _tensors(self, batch: list[Any]) -> list[Any]:
         length = max(len(encoding.ids) for encoding in batch)

@@ -1,0 +1,193 @@
+"""The project's real serving path on this machine, for load tools: a converted model is assembled with
+make_triton_image.sh --no-build and served by serve_local.sh (the real tritonserver 2.51 and its Python
+backend stubs); the server's memory is read from /proc."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+READY_TIMEOUT_S = 180
+STOP_TIMEOUT_S = 30
+
+log = logging.getLogger(__name__)
+
+
+def assemble(model_dir: Path, build_dir: Path, name: str = "ensemble_model", *options: str) -> Path:
+    """Assemble the ensemble for model_dir (utils/convert_to_onnx.py's output: model.onnx, tokenizer/,
+    id2label.json) into build_dir/<name>/context/model_repository and return that directory.
+    `options` go to make_triton_image.sh before its arguments (e.g. "--batch-delay-us", "500")."""
+    command = [str(ROOT / "make_triton_image.sh"), "--no-build", *options, str(model_dir / "model.onnx"),
+               str(model_dir / "tokenizer"), str(model_dir / "id2label.json"), name]
+    env = {**os.environ, "TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": sys.executable}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if result.returncode != 0:
+        raise RuntimeError(f"make_triton_image.sh --no-build failed ({result.returncode}):\n{result.stderr[-4000:]}")
+    return build_dir / name / "context" / "model_repository"
+
+
+def max_sequence_length(repository: Path) -> int:
+    """The max_sequence_length the assembled text_preprocessing model truncates to."""
+    config = (repository / "text_preprocessing" / "config.pbtxt").read_text(encoding="utf-8")
+    match = re.search(r'max_sequence_length".*?string_value: "(\d+)"', config, re.S)
+    if match is None:
+        raise ValueError(f"no max_sequence_length in {repository}/text_preprocessing/config.pbtxt")
+    return int(match.group(1))
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _children() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # Fields after the command, which is in parentheses and may itself hold spaces or parentheses.
+        parent = int(stat[stat.rindex(")") + 2:].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    return children
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below pid (not pid itself), from /proc."""
+    children = _children()
+    found: list[int] = []
+    stack = list(children.get(pid, []))
+    while stack:
+        child = stack.pop()
+        found.append(child)
+        stack.extend(children.get(child, []))
+    return found
+
+
+def process_rss(pid: int) -> tuple[str, int] | None:
+    """(command name, resident set size in bytes) of pid from /proc/PID/status; None once it is gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    name = re.search(r"^Name:\s*(.*)$", status, re.M)
+    rss = re.search(r"^VmRSS:\s*(\d+)\s*kB", status, re.M)
+    return (name.group(1) if name else "?", int(rss.group(1)) * 1024 if rss else 0)
+
+
+@dataclass
+class LocalServer:
+    """./serve_local.sh REPOSITORY on free 127.0.0.1 ports, in its own process group."""
+
+    repository: Path
+    build_dir: Path
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    extra_args: list[str] = field(default_factory=list)
+    http_port: int = 0
+    grpc_port: int = 0
+    metrics_port: int = 0
+    process: subprocess.Popen | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> "LocalServer":
+        self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
+        command = [str(ROOT / "serve_local.sh"), str(self.repository), "--http-port", str(self.http_port),
+                   "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port)]
+        if self.extra_args:
+            command += ["--", *self.extra_args]
+        env = {**os.environ, "TRITONED_BUILD_DIR": str(self.build_dir), "TRITONED_PYTHON": sys.executable,
+               **self.env}
+        with open(self.log_path, "wb") as output:
+            self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
+                                            start_new_session=True, env=env, cwd=ROOT)
+        log.info("serve_local.sh started (pid %d), log %s", self.process.pid, self.log_path)
+        self.wait_ready(timeout)
+        return self
+
+    def is_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
+                return response.status == 200
+        except OSError:
+            return False
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"serve_local.sh exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"Triton not ready after {timeout}s:\n{self.log_tail()}")
+
+    def log_tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def server_processes(self) -> list[tuple[int, str, int]]:
+        """(pid, name, RSS bytes) of tritonserver and every process below it (the Python backend stubs)."""
+        if self.process is None:
+            return []
+        processes = []
+        for pid in descendants(self.process.pid):  # below serve_local.sh (a bash script): the server's tree
+            info = process_rss(pid)
+            if info is not None:
+                processes.append((pid, info[0], info[1]))
+        return processes
+
+    def rss_bytes(self) -> int:
+        return sum(rss for _, _, rss in self.server_processes())
+
+    def stop(self) -> int | None:
+        """Ctrl-C to the whole process group (as serve_local.sh expects); SIGKILL whatever is left."""
+        if self.process is None:
+            return None
+        status = self.process.poll()
+        if status is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGINT)
+                status = self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                log.warning("serve_local.sh did not stop in %ds: killing it", STOP_TIMEOUT_S)
+            except ProcessLookupError:
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return status
+
+    def __enter__(self) -> "LocalServer":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
