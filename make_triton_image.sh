@@ -29,8 +29,10 @@ build/MODEL_NAME/context/ (replaced as a whole on every run; ./cleanup.sh remove
 Options:
   --no-build               assemble only; serve it with ./serve_local.sh MODEL_NAME
   --triton-release R       NGC base nvcr.io/nvidia/tritonserver:R-py3        (default: $DEFAULT_RELEASE)
-  --base-image IMAGE       any other base laid out like the NGC image (e.g. the stand-in
-                           built by docker/standin/build_standin.sh)
+  --base-image IMAGE       any other base laid out like the NGC image
+  --standin                the stand-in base with the same Triton 2.51, for testing where NGC
+                           can't be pulled: built (or reused) by docker/standin/build_standin.sh
+                           (needs root for debootstrap on its first run)
   --wheelhouse DIR         install the serving requirements offline from the wheels in DIR
                            (made with: pip download -r requirements-serving.txt -d DIR
                             --only-binary=:all: --python-version 3.10 --platform manylinux2014_x86_64)
@@ -48,6 +50,7 @@ die() { echo "make_triton_image.sh: $*" >&2; exit 2; }
 
 # Globals set by parse_args.
 NO_BUILD=0
+STANDIN=0
 BASE_IMAGE="$NGC_IMAGE:$DEFAULT_RELEASE-py3"
 WHEELHOUSE=""
 POSITIONAL=()
@@ -62,6 +65,7 @@ parse_args() {
       --no-build) NO_BUILD=1 ;;
       --triton-release) need_value "$@"; BASE_IMAGE="$NGC_IMAGE:$2-py3"; shift ;;
       --base-image) need_value "$@"; BASE_IMAGE="$2"; shift ;;
+      --standin) STANDIN=1 ;;
       --wheelhouse) need_value "$@"; WHEELHOUSE="$2"; shift ;;
       --preprocessing-instances) need_value "$@"; PREPROCESSING_INSTANCES="$2"; shift ;;
       --model-instances) need_value "$@"; MODEL_INSTANCES="$2"; shift ;;
@@ -207,6 +211,9 @@ main() {
     echo "make_triton_image.sh: no Docker engine is reachable ('docker info' fails), so no image was built." >&2
     echo "The repository is ready to serve locally: ./serve_local.sh $MODEL_NAME" >&2
     exit 3
+  fi
+  if [[ "$STANDIN" == 1 ]]; then
+    BASE_IMAGE="$("$ROOT/docker/standin/build_standin.sh")" || die "building the stand-in base failed (see above)"
   fi
   docker_build "$target/context" "$MODEL_NAME:$tag"
   echo "Image $MODEL_NAME:$tag built. Run it:" >&2

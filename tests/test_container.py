@@ -72,16 +72,17 @@ def secrets() -> dict[str, str]:
 @pytest.fixture(scope="module")
 def built(standin: str, tiny_artifacts, secrets: dict[str, str],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Artifacts, Path]]:
-    """(image, artifacts, assembled repository): built by make_triton_image.sh --base-image STANDIN
+    """(image, artifacts, assembled repository): built by make_triton_image.sh --standin
     --wheelhouse DIR with credentials in its environment; the image is removed afterwards."""
     artifacts = tiny_artifacts("bert")
     work = tmp_path_factory.mktemp("container")
     wheelhouse = download_wheelhouse(ROOT / "requirements-serving.txt", work / "wheels",
                                      image_python_version(standin))
     tag = f"containertest-{uuid.uuid4().hex[:10]}"
-    result = make_image(artifacts, work / "build", "--base-image", standin, "--wheelhouse", str(wheelhouse),
+    result = make_image(artifacts, work / "build", "--standin", "--wheelhouse", str(wheelhouse),
                         MODEL_NAME, tag, env=secrets)
     assert result.returncode == 0, result.stderr[-6000:]
+    assert f"from {standin}" in result.stderr, "--standin did not build on the stand-in base"
     image = f"{MODEL_NAME}:{tag}"
     yield image, artifacts, work / "build" / MODEL_NAME / "context" / "model_repository"
     docker("rmi", "-f", image, check=False)
