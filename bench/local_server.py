@@ -1,8 +1,10 @@
-"""The project's real serving path on this machine, for load tools: a converted model is assembled with
-make_triton_image.sh --no-build and served by serve_local.sh (the real tritonserver 2.51 and its Python
-backend stubs); the server's memory is read from /proc."""
+"""The project's real serving path on this machine, for load tools (bench.py, soak.py): a converted model is
+assembled with make_triton_image.sh --no-build and served by serve_local.sh (the real tritonserver 2.51 and its
+Python backend stubs) on free ports; the server's memory is read from /proc, its per-model statistics from
+/v2/models/stats."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -14,6 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180
@@ -22,16 +25,23 @@ STOP_TIMEOUT_S = 30
 log = logging.getLogger(__name__)
 
 
-def assemble(model_dir: Path, build_dir: Path, name: str = "ensemble_model", *options: str) -> Path:
+class ServerError(RuntimeError):
+    """The repository could not be assembled or the server did not come up; the message carries the log."""
+
+
+def assemble(model_dir: Path, build_dir: Path, name: str = "ensemble_model", options: Sequence[str] = (),
+             python: str = sys.executable) -> Path:
     """Assemble the ensemble for model_dir (utils/convert_to_onnx.py's output: model.onnx, tokenizer/,
     id2label.json) into build_dir/<name>/context/model_repository and return that directory.
-    `options` go to make_triton_image.sh before its arguments (e.g. "--batch-delay-us", "500")."""
+    `options` go to make_triton_image.sh before its arguments (e.g. ["--batch-delay-us", "500"]); `python` is
+    the interpreter it uses (TRITONED_PYTHON)."""
     command = [str(ROOT / "make_triton_image.sh"), "--no-build", *options, str(model_dir / "model.onnx"),
                str(model_dir / "tokenizer"), str(model_dir / "id2label.json"), name]
-    env = {**os.environ, "TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": sys.executable}
+    env = {**os.environ, "TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": python}
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if result.returncode != 0:
-        raise RuntimeError(f"make_triton_image.sh --no-build failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        raise ServerError(f"make_triton_image.sh --no-build {' '.join(options)} failed ({result.returncode}):\n"
+                          f"{result.stderr[-4000:]}")
     return build_dir / name / "context" / "model_repository"
 
 
@@ -95,11 +105,13 @@ def process_rss(pid: int) -> tuple[str, int] | None:
 
 @dataclass
 class LocalServer:
-    """./serve_local.sh REPOSITORY on free 127.0.0.1 ports, in its own process group."""
+    """./serve_local.sh REPOSITORY on free 127.0.0.1 ports, in its own process group; `python` is the
+    interpreter serve_local.sh uses (TRITONED_PYTHON)."""
 
     repository: Path
     build_dir: Path
     log_path: Path
+    python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     http_port: int = 0
@@ -115,19 +127,24 @@ class LocalServer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout: float = READY_TIMEOUT_S) -> "LocalServer":
+    def launch(self) -> "LocalServer":
+        """Start serve_local.sh without waiting for readiness (servers can then come up side by side)."""
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         command = [str(ROOT / "serve_local.sh"), str(self.repository), "--http-port", str(self.http_port),
                    "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port)]
         if self.extra_args:
             command += ["--", *self.extra_args]
-        env = {**os.environ, "TRITONED_BUILD_DIR": str(self.build_dir), "TRITONED_PYTHON": sys.executable,
+        env = {**os.environ, "TRITONED_BUILD_DIR": str(self.build_dir), "TRITONED_PYTHON": self.python,
                **self.env}
         with open(self.log_path, "wb") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
                                             start_new_session=True, env=env, cwd=ROOT)
         log.info("serve_local.sh started (pid %d), log %s", self.process.pid, self.log_path)
-        self.wait_ready(timeout)
+        return self
+
+    def start(self, timeout: float = READY_TIMEOUT_S) -> "LocalServer":
+        """launch(), then wait_ready(timeout)."""
+        self.launch().wait_ready(timeout)
         return self
 
     def is_ready(self) -> bool:
@@ -137,18 +154,25 @@ class LocalServer:
         except OSError:
             return False
 
-    def wait_ready(self, timeout: float) -> None:
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Poll /v2/health/ready; ServerError when serve_local.sh exits or timeout passes first."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"serve_local.sh exited with {self.process.returncode}:\n{self.log_tail()}")
+                raise ServerError(f"serve_local.sh exited with {self.process.returncode}:\n{self.log_tail()}")
             if self.is_ready():
                 return
             time.sleep(0.5)
-        raise TimeoutError(f"Triton not ready after {timeout}s:\n{self.log_tail()}")
+        raise ServerError(f"Triton not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Cumulative inference statistics of every model, by name (/v2/models/stats)."""
+        with urllib.request.urlopen(f"http://{self.http_url}/v2/models/stats", timeout=10) as response:
+            data = json.load(response)
+        return {entry["name"]: entry for entry in data.get("model_stats", [])}
 
     def log_tail(self, chars: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -191,3 +215,28 @@ class LocalServer:
 
     def __exit__(self, *_: object) -> None:
         self.stop()
+
+
+def stats_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per model between two LocalServer.stats() snapshots: requests, executions (batches), and per-request
+    milliseconds in the queue, in compute (input, infer, output)."""
+    def counter(entry: dict[str, Any], *path: str) -> float:
+        value: Any = entry
+        for key in path:
+            value = value.get(key, {}) if isinstance(value, dict) else {}
+        return float(value) if isinstance(value, (int, float, str)) and str(value).isdigit() else 0.0
+
+    delta: dict[str, dict[str, float]] = {}
+    for name, entry in after.items():
+        old = before.get(name, {})
+        stats, old_stats = entry.get("inference_stats", {}), old.get("inference_stats", {})
+        requests = counter(stats, "success", "count") - counter(old_stats, "success", "count")
+        executions = float(entry.get("execution_count", 0)) - float(old.get("execution_count", 0))
+        inferences = float(entry.get("inference_count", 0)) - float(old.get("inference_count", 0))
+        row = {"requests": requests, "executions": executions,
+               "batch": inferences / executions if executions else 0.0}
+        for part in ("queue", "compute_input", "compute_infer", "compute_output"):
+            ns = counter(stats, part, "ns") - counter(old_stats, part, "ns")
+            row[part] = ns / requests / 1e6 if requests else 0.0
+        delta[name] = row
+    return delta

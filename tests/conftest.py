@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -51,6 +52,13 @@ def convert_local(hf_dir: Path, out_dir: Path) -> Artifacts:
                   "--model-storage", "local", "--output-dir", str(out_dir)])
     assert result.returncode == 0, result.stderr[-4000:]
     return Artifacts(hf_dir=hf_dir, out_dir=out_dir)
+
+
+def backend_stub_count(repository: Path) -> int:
+    """How many backend stub processes a served repository runs: the instance counts of its models (see
+    make_triton_image.sh --model-instances / --preprocessing-instances; the ensemble itself has none)."""
+    return sum(int(count) for config in repository.glob("*/config.pbtxt")
+               for count in re.findall(r"\bcount:\s*(\d+)", config.read_text(encoding="utf-8")))
 
 
 @pytest.fixture(scope="session")

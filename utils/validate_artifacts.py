@@ -1,7 +1,7 @@
 """Check the three inputs of make_triton_image.sh before anything is built.
 
 Prints shell assignments (KEY=VALUE, one per line) that the build script uses to render the template:
-NUM_LABELS, HAS_TOKEN_TYPE_IDS (0/1), MAX_SEQUENCE_LENGTH. On any problem it prints one message that
+NUM_LABELS, HAS_TOKEN_TYPE_IDS (0/1), MAX_SEQUENCE_LENGTH, QUANTIZED (0/1: dynamic int8 from --quantize). On any problem it prints one message that
 names the argument and the fix, and exits with status 2.
 """
 from __future__ import annotations
@@ -151,6 +151,7 @@ def validate(model_path: Path, tokenizer_path: Path, id2label_path: Path) -> dic
         "NUM_LABELS": len(id2label),
         "HAS_TOKEN_TYPE_IDS": int(has_token_type_ids),
         "MAX_SEQUENCE_LENGTH": min(limits) if limits else 512,
+        "QUANTIZED": int(bool(report.get("optimization", {}).get("quantized"))),
     }
 
 

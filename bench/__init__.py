@@ -1,0 +1,1 @@
+"""The served-vs-raw-ONNX-Runtime benchmark (run ./bench/run.sh --help)."""

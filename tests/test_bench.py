@@ -1,0 +1,92 @@
+"""Smoke test of the benchmark (bench/run.sh --quick) on a tiny BERT: it serves the model on the real Triton,
+fp32 and int8, and prints one table with every row and column and sane positive figures. The speed goals
+themselves are not checked here (they need the real model and a quiet machine)."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+COLUMNS = ["model", "config", "set", "engine", "conc", "texts/s", "x raw", "p50 ms", "x raw", "p99 ms", "x raw",
+           "bench CPU", "server CPU", "CPU ms/text"]
+CONCURRENCY = (1, 4, 16)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_artifacts, tmp_path_factory) -> tuple[subprocess.CompletedProcess, dict]:
+    artifacts = tiny_artifacts("bert")
+    work = tmp_path_factory.mktemp("bench")
+    result = subprocess.run(
+        [str(ROOT / "bench" / "run.sh"), "--quick", "--quantized", "--hf-dir", str(artifacts.hf_dir),
+         "--onnx-dir", str(artifacts.out_dir), "--work-dir", str(work), "--json", str(work / "results.json")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result, json.loads((work / "results.json").read_text(encoding="utf-8"))
+
+
+def table_lines(stdout: str) -> list[list[str]]:
+    lines = stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.split() and line.split()[0] == "model")
+    assert lines[start].split() == " ".join(COLUMNS).split()
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.strip():
+            break
+        if re.match(r"^\s*(fp32|int8)\s", line):
+            rows.append(re.split(r"\s{2,}", line.strip()))
+    return rows
+
+
+def test_table_has_every_row_and_column(bench_run) -> None:
+    result, _ = bench_run
+    rows = table_lines(result.stdout)
+    keys = {(row[0], row[2], row[3].rstrip("*"), row[4]) for row in rows}
+    for model in ("fp32", "int8"):
+        for text_set in ("short", "long"):
+            assert (model, text_set, "raw ORT", "1") in keys
+            assert (model, text_set, "raw ORT no-spin", "1") in keys
+            for protocol in ("http", "grpc"):
+                for concurrency in CONCURRENCY:
+                    assert (model, text_set, protocol, str(concurrency)) in keys, (model, text_set, protocol)
+        assert ("fp32", "short", "HF pipeline", "1") in keys
+    assert all(len(row) == len(COLUMNS) for row in rows), rows
+    # Exactly one reference (the limit) per model and set, and its ratios are 1.
+    references = [row for row in rows if row[3].endswith("*")]
+    assert len(references) == 4
+    assert all(row[6] == row[8] == row[10] == "1.00" for row in references)
+
+
+def test_figures_are_sane(bench_run) -> None:
+    _, results = bench_run
+    for row in results["rows"]:
+        assert row["texts"] > 0, row
+        for key in ("texts_per_s", "texts_per_s_ratio", "p50_ms", "p99_ms", "cpu_ms_per_text"):
+            assert row[key] > 0, (key, row)
+        assert row["p99_ms"] >= row["p50_ms"]
+        if row["engine"] in ("http", "grpc"):
+            assert row["server_cpu"] > 0, row
+            assert set(row["stats"]) >= {"text_preprocessing", "model_onnx", "post_processing"}
+            if row["model"] == "fp32":
+                assert row["label_mismatches"] == 0, row  # served answers are the raw model's
+
+
+def test_goals_breakdown_and_agreement_are_printed(bench_run) -> None:
+    result, results = bench_run
+    assert "\nGoals:\n" in result.stdout
+    assert re.search(r"(MET|MISSED) +fp32 short http c16 \[default\]: [\d.]+ texts/s = [\d.]+x raw ORT",
+                     result.stdout)
+    assert re.search(r"(MET|MISSED) +int8 label agreement with fp32, all: \d+/\d+", result.stdout)
+    assert "Where the time goes" in result.stdout and "model_onnx batch" in result.stdout
+    agreement = results["agreement"]
+    assert agreement["all"]["texts"] == agreement["demo held-out"]["texts"] + agreement["short set"]["texts"]
+
+
+def test_help_documents_the_options() -> None:
+    result = subprocess.run([str(ROOT / "bench" / "run.sh"), "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0
+    for option in ("--quick", "--quantized", "--config", "--concurrency", "--protocols", "--sets"):
+        assert option in result.stdout
