@@ -41,7 +41,10 @@ DEMO_HF = ROOT / "build" / "demo" / "hf"
 DEMO_ONNX = ROOT / "build" / "demo" / "onnx"
 DEMO_INTENTS = ROOT / "utils" / "demo_intents.json"
 MODEL_NAME = "bench_model"
-VARIANT_OPTIONS = {"fp32": [], "fused": ["--fuse"], "int8": ["--fuse", "--quantize"]}
+# The converter's int8 thresholds guard what gets deployed; the benchmark measures the int8 model whatever its
+# agreement and prints the agreement against the 99% goal itself, so it opens them.
+VARIANT_OPTIONS = {"fp32": [], "fused": ["--fuse"],
+                   "int8": ["--fuse", "--quantize", "--int8-min-agreement", "0", "--int8-max-prob-diff", "1"]}
 # The raw ONNX Runtime reference is measured twice: with ONNX Runtime's defaults (spinning worker threads) and with
 # spinning off; whichever is faster in the run is "the limit" every ratio refers to.
 RAW_ENGINES = {"raw ORT": True, "raw ORT no-spin": False}
