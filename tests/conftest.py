@@ -84,6 +84,28 @@ def make_image(artifacts: Artifacts, build_dir: Path, *extra: str, env: dict[str
                     **(env or {})})
 
 
+def build_serve_and_ask(out_dir: Path, start: Callable[..., LocalTriton], build_dir: Path,
+                        texts: list[str]) -> tuple[list[str], "np.ndarray"]:
+    """A converter output through make_triton_image.sh --no-build and the local Triton: (labels, probabilities)
+    of `texts`, one request each."""
+    import numpy as np
+    import tritonclient.http as httpclient
+
+    result = make_image(Artifacts(hf_dir=out_dir, out_dir=out_dir), build_dir, "--no-build")
+    assert result.returncode == 0, result.stderr
+    server = start(build_dir / "ensemble_model" / "context" / "model_repository", build_dir / "server.log", build_dir)
+    client = httpclient.InferenceServerClient(server.http_url)
+    labels, rows = [], []
+    for text in texts:
+        inp = httpclient.InferInput("text_input", [1, 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[text.encode()]], dtype=np.object_))
+        answer = client.infer("ensemble_model", [inp])
+        labels.append(answer.as_numpy("label").reshape(-1)[0].decode())
+        rows.append(answer.as_numpy("probabilities")[0])
+    server.stop()
+    return labels, np.stack(rows)
+
+
 @pytest.fixture(scope="module")
 def serve() -> Iterator[Callable[..., LocalTriton]]:
     """serve(repository, log, build_dir) -> a started LocalTriton, stopped at module end."""

@@ -19,10 +19,12 @@ import zipfile
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, build_serve_and_ask
 from servers.clearml_api import ClearMLModel, ClearMLState, ClearMLTask, FakeClearML
+from test_convert_to_onnx import served_probabilities
 from tiny_models import build_tiny_bert
 
 MODEL_ID = "5c9a1b7e2f3d4a6b8c0d1e2f3a4b5c6d"
@@ -80,7 +82,7 @@ def assert_nothing_written(out_dir: Path) -> None:
     assert not [p for p in out_dir.parent.iterdir() if p.name.startswith(f".{out_dir.name}.")]
 
 
-def test_model_id_and_task_artifact_convert(clearml: FakeClearML, tmp_path: Path) -> None:
+def test_model_id_and_task_artifact_convert(clearml: FakeClearML, tmp_path: Path, serve) -> None:
     before = len(clearml.requests)
     out = tmp_path / "out"
     result = convert_cli("--model", MODEL_ID, "--model-storage", "clearml",
@@ -99,6 +101,12 @@ def test_model_id_and_task_artifact_convert(clearml: FakeClearML, tmp_path: Path
     assert report["source"]["tokenizer"]["resolved"] == f"clearml:{TASK_ID}:tokenizer"
     assert report["inputs"] == ["input_ids", "attention_mask", "token_type_ids"] and report["parity"]["passed"]
     assert len(json.loads((out / "id2label.json").read_text())) == report["num_labels"]
+
+    texts = ["помогите мне", "where is my order", "спасибо 🙂"]
+    labels, probabilities = build_serve_and_ask(out, serve, tmp_path / "build", texts)
+    np.testing.assert_allclose(probabilities, served_probabilities(out, texts, report["inputs"]), atol=1e-5)
+    names = json.loads((out / "id2label.json").read_text())
+    assert labels == [names[str(i)] for i in probabilities.argmax(axis=1)]
 
 
 def test_missing_credentials(clearml: FakeClearML, tmp_path: Path) -> None:

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, build_serve_and_ask
 from servers.base import Recorded
 from servers.hf_hub import FakeHub, HubRepo, repo_from_directory, resolved_path
+from test_convert_to_onnx import served_probabilities
 from tiny_models import build_tiny_roberta
 
 MODEL_REPO = "acme/tiny-roberta"
@@ -89,7 +91,8 @@ def online(hub: FakeHub, hf_home: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_model_at_a_tag_and_a_private_tokenizer_repo_download_and_convert(online: Online, hub: FakeHub,
-                                                                          hf_home: Path) -> None:
+                                                                          hf_home: Path, serve, tmp_path: Path
+                                                                          ) -> None:
     assert online.result.returncode == 0, online.result.stderr
     assert "parity:" in online.result.stdout
     assert "from the Hugging Face Hub" in online.result.stderr  # progress while fetching
@@ -110,6 +113,12 @@ def test_model_at_a_tag_and_a_private_tokenizer_repo_download_and_convert(online
     cache = hf_home / "hub" / "models--acme--tiny-roberta"
     assert (cache / "snapshots" / v1_commit / "model.safetensors").is_file()  # the real Hub cache layout
     assert (cache / "refs" / "v1").read_text() == v1_commit
+
+    texts = ["помогите мне", "where is my order", "спасибо 🙂"]
+    labels, probabilities = build_serve_and_ask(out, serve, tmp_path / "build", texts)
+    np.testing.assert_allclose(probabilities, served_probabilities(out, texts, report["inputs"]), atol=1e-5)
+    names = json.loads((out / "id2label.json").read_text())
+    assert labels == [names[str(i)] for i in probabilities.argmax(axis=1)]
 
 
 def test_offline_conversion_reads_the_hub_cache_only(online: Online, hub: FakeHub, hf_home: Path,
