@@ -16,7 +16,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180
@@ -63,6 +63,29 @@ def free_ports(count: int) -> list[int]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def http_ready(http_url: str) -> bool:
+    """Whether the server at host:port answers 200 on /v2/health/ready."""
+    try:
+        with urllib.request.urlopen(f"http://{http_url}/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def wait_until_ready(process: subprocess.Popen | None, http_url: str, timeout: float,
+                     log_tail: Callable[[], str]) -> None:
+    """Poll /v2/health/ready until it answers 200; ServerError (with the log's tail) when the serve_local.sh
+    process exits or `timeout` seconds pass first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise ServerError(f"serve_local.sh exited with {process.returncode}:\n{log_tail()}")
+        if http_ready(http_url):
+            return
+        time.sleep(0.5)
+    raise ServerError(f"Triton not ready after {timeout:.0f}s:\n{log_tail()}")
 
 
 def _children() -> dict[int, list[int]]:
@@ -148,22 +171,11 @@ class LocalServer:
         return self
 
     def is_ready(self) -> bool:
-        try:
-            with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        return http_ready(self.http_url)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
         """Poll /v2/health/ready; ServerError when serve_local.sh exits or timeout passes first."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise ServerError(f"serve_local.sh exited with {self.process.returncode}:\n{self.log_tail()}")
-            if self.is_ready():
-                return
-            time.sleep(0.5)
-        raise ServerError(f"Triton not ready after {timeout:.0f}s:\n{self.log_tail()}")
+        wait_until_ready(self.process, self.http_url, timeout, self.log_tail)
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Cumulative inference statistics of every model, by name (/v2/models/stats)."""

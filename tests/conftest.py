@@ -84,6 +84,21 @@ def make_image(artifacts: Artifacts, build_dir: Path, *extra: str, env: dict[str
                     **(env or {})})
 
 
+def http(address: str, method: str, path: str, body: dict | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, str]:
+    """(status, body text) of one HTTP request to address (host:port); an error status is returned, not raised."""
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{address}{path}", data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
 def build_serve_and_ask(out_dir: Path, start: Callable[..., LocalTriton], build_dir: Path,
                         texts: list[str]) -> tuple[list[str], "np.ndarray"]:
     """A converter output through make_triton_image.sh --no-build and the local Triton: (labels, probabilities)

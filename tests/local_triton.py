@@ -3,27 +3,18 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import time
-import urllib.request
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # the bench package: one readiness check for tests and benchmarks
+
+from bench.local_server import free_ports, http_ready, wait_until_ready  # noqa: E402
+
 READY_TIMEOUT_S = 120
 PORT_TAKEN = ("already in use", "Address in use", "Failed to bind", "address already")
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 @dataclass
@@ -75,22 +66,11 @@ class LocalTriton:
         return self
 
     def is_ready(self) -> bool:
-        try:
-            url = f"http://{self.http_url}/v2/health/ready"
-            with urllib.request.urlopen(url, timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+        return http_ready(self.http_url)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"serve_local.sh exited with {self.process.returncode}:\n{self.log_text()}")
-            if self.is_ready():
-                return
-            time.sleep(0.5)
-        raise TimeoutError(f"Triton not ready after {timeout}s:\n{self.log_text()}")
+        """ServerError (a RuntimeError carrying the log) when serve_local.sh exits or timeout passes first."""
+        wait_until_ready(self.process, self.http_url, timeout, self.log_text)
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace")[-6000:]

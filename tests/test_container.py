@@ -9,8 +9,6 @@ import json
 import re
 import subprocess
 import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -20,7 +18,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, Artifacts, make_image
+from conftest import ROOT, Artifacts, http, make_image
 from docker_helpers import (Container, Engine, EngineUnavailable, build_standin, docker,
                             download_wheelhouse, image_python_version, localize_run_command,
                             readme_docker_run, scan_image)
@@ -120,17 +118,6 @@ def admin_container(built: tuple[str, Artifacts, Path]) -> Iterator[tuple[Contai
     finally:
         running.remove()
 
-
-def http(address: str, method: str, path: str, body: dict | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, str]:
-    """(status, body text) of one HTTP request to address (host:port)."""
-    data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(f"http://{address}{path}", data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 @pytest.fixture(scope="module")

@@ -7,8 +7,6 @@ import json
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -16,22 +14,13 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, make_image
+from conftest import ROOT, http, make_image
 from local_triton import LocalTriton
 
 ADMIN_HEADER = "tritoned-admin-key"
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"
 API_LIST = "model-repository,shared-memory,trace,logging"
 
-
-def http(address: str, method: str, path: str, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    data = b"{}" if method == "POST" else None
-    request = urllib.request.Request(f"http://{address}{path}", data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read().decode()
 
 
 def test_the_restricted_api_list_lives_in_one_place() -> None:
@@ -76,10 +65,10 @@ def test_local_admin_key_opens_the_restricted_apis(tiny_artifacts, tmp_path: Pat
     try:
         server.start()
         assert http(server.http_url, "GET", "/v2/logging")[0] == 403
-        assert http(server.http_url, "GET", "/v2/logging", {ADMIN_HEADER: key + "x"})[0] == 403
-        status, text = http(server.http_url, "GET", "/v2/logging", {ADMIN_HEADER: key})
+        assert http(server.http_url, "GET", "/v2/logging", headers={ADMIN_HEADER: key + "x"})[0] == 403
+        status, text = http(server.http_url, "GET", "/v2/logging", headers={ADMIN_HEADER: key})
         assert status == 200 and "log_verbose_level" in json.loads(text), (status, text)
-        status, text = http(server.http_url, "POST", "/v2/repository/index", {ADMIN_HEADER: key})
+        status, text = http(server.http_url, "POST", "/v2/repository/index", {}, headers={ADMIN_HEADER: key})
         assert status == 200 and "ensemble_model" in text, (status, text)
         assert http(server.http_url, "GET", "/v2/models/stats")[0] == 200  # statistics stay open
 
