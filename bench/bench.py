@@ -513,7 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 build_dir = work_dir / "repos" / f"{variant}-{config}"
                 repository = assemble(path, build_dir, MODEL_NAME, options, python)
                 servers[(variant, config)] = LocalServer(repository=repository, build_dir=build_dir,
-                                                         log_path=build_dir / "server.log", python=python).launch()
+                                                         log=build_dir / "server.log", python=python).launch()
         for server in servers.values():
             server.wait_ready()
         LOGGER.info("%d server(s) ready; measuring %s", len(servers), settings)
