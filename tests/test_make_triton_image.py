@@ -179,6 +179,8 @@ def test_model_swapped_after_the_parity_check(broken: Artifacts, tmp_path: Path)
     (["Bad Name"], "MODEL_NAME 'Bad Name' is not valid"),
     (["-leading"], "unknown option"),
     (["model_onnx"], "taken by a model of the ensemble"),
+    (["artifacts"], "MODEL_NAME 'artifacts' is reserved: the model would replace build/artifacts/"),
+    (["demo"], "MODEL_NAME 'demo' is reserved"),
     (["ok", "bad:tag"], "TAG 'bad:tag' is not a valid Docker tag"),
     (["ok", "v1", "0"], "MAX_BATCH_SIZE must be an integer >= 1"),
     (["ok", "v1", "four"], "MAX_BATCH_SIZE must be an integer >= 1"),
