@@ -103,7 +103,8 @@ def test_every_example_writes_under_build_where_no_model_name_can_land() -> None
     written = set()
     for block in code_blocks("bash"):
         for command in commands(block):
-            for option in ("--output-dir", "-d", "--wheelhouse"):
+            pip_download = command[0].endswith("pip") and command[1] == "download"
+            for option in ("--output-dir", "--wheelhouse") + (("-d",) if pip_download else ()):
                 if option in command:
                     written.add(command[command.index(option) + 1])
             if command[0] == "./make_triton_image.sh":
