@@ -8,8 +8,9 @@ usage() {
   cat <<USAGE
 Usage: ./cleanup.sh [--all]
 
-Removes build/ (assembled repositories, docker build contexts, local backends, the demo model)
-and Python caches. The template in model_repository/ is never written, so afterwards
+Removes build/ (assembled repositories, docker build contexts, local backends, the demo model,
+benchmark runs, and what the README's examples write: build/artifacts, build/wheels) and Python
+caches. The template in model_repository/ is never written, so afterwards
 'git status' shows it as it was. Safe to run any number of times.
 
   --all    also remove the virtual environment .venv

@@ -6,6 +6,8 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
 RESERVED_NAMES=(text_preprocessing model_onnx post_processing)
+# Directories in build/ that are not a model's: the README's converter output and wheelhouse, and the tools' own.
+BUILD_DIRS=(artifacts wheels demo bench soak standin triton_backends)
 NGC_IMAGE="nvcr.io/nvidia/tritonserver"
 DEFAULT_RELEASE="24.10"
 
@@ -20,6 +22,7 @@ Usage: ./make_triton_image.sh [options] MODEL TOKENIZER ID2LABEL [MODEL_NAME] [T
   MODEL_NAME      name of the ensemble clients call, and of the image   (default: ensemble_model)
                   lowercase letters, digits and . _ - (not first or last); not one of:
                   ${RESERVED_NAMES[*]}
+                  ${BUILD_DIRS[*]} (other directories in build/)
   TAG             image tag                                              (default: latest)
   MAX_BATCH_SIZE  most texts in one request, for every model             (default: 4)
 
@@ -109,6 +112,9 @@ check_model_name() {
     || die "MODEL_NAME '$name' is not valid for Triton and Docker: use lowercase letters, digits and . _ - (not first or last), e.g. support_intents"
   for reserved in "${RESERVED_NAMES[@]}"; do
     [[ "$name" != "$reserved" ]] || die "MODEL_NAME '$name' is taken by a model of the ensemble; pick another name"
+  done
+  for reserved in "${BUILD_DIRS[@]}"; do
+    [[ "$name" != "$reserved" ]] || die "MODEL_NAME '$name' is reserved: the model would replace build/$name/, which is not a model's (${BUILD_DIRS[*]} in build/ hold the README's converter output and wheelhouse and the tools' own files); pick another name"
   done
 }
 

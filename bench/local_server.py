@@ -1,7 +1,7 @@
-"""The project's real serving path on this machine, for load tools (bench.py, soak.py): a converted model is
-assembled with make_triton_image.sh --no-build and served by serve_local.sh (the real tritonserver 2.51 and its
-Python backend stubs) on free ports; the server's memory is read from /proc, its per-model statistics from
-/v2/models/stats."""
+"""The project's real serving path on this machine, for the tests and the load tools (bench.py, soak.py): a
+converted model is assembled with make_triton_image.sh --no-build (assemble) and served by serve_local.sh (the
+real tritonserver 2.51 and its Python backend stubs) on free ports (LocalServer); the server's memory is read
+from /proc, its per-model statistics from /v2/models/stats."""
 from __future__ import annotations
 
 import json
@@ -16,13 +16,14 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 30
+PORT_TAKEN = ("already in use", "Address in use", "Failed to bind", "address already")
 
-log = logging.getLogger(__name__)
+LOGGER = logging.getLogger(__name__)
 
 
 class ServerError(RuntimeError):
@@ -74,20 +75,6 @@ def http_ready(http_url: str) -> bool:
         return False
 
 
-def wait_until_ready(process: subprocess.Popen | None, http_url: str, timeout: float,
-                     log_tail: Callable[[], str]) -> None:
-    """Poll /v2/health/ready until it answers 200; ServerError (with the log's tail) when the serve_local.sh
-    process exits or `timeout` seconds pass first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise ServerError(f"serve_local.sh exited with {process.returncode}:\n{log_tail()}")
-        if http_ready(http_url):
-            return
-        time.sleep(0.5)
-    raise ServerError(f"Triton not ready after {timeout:.0f}s:\n{log_tail()}")
-
-
 def _children() -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
@@ -128,15 +115,28 @@ def process_rss(pid: int) -> tuple[str, int] | None:
 
 @dataclass
 class LocalServer:
-    """./serve_local.sh REPOSITORY on free 127.0.0.1 ports, in its own process group; `python` is the
-    interpreter serve_local.sh uses (TRITONED_PYTHON)."""
+    """./serve_local.sh on free 127.0.0.1 ports, in its own process group, its output in `log`: the one helper
+    that starts the local Triton for the tests (tests/local_triton.py names it LocalTriton) and for the load
+    tools (bench.py, soak.py).
 
-    repository: Path
-    build_dir: Path
-    log_path: Path
+    repository  an assembled repository directory, or a MODEL_NAME that serve_local.sh finds under its build/
+    log         file that receives serve_local.sh's and tritonserver's output
+    build_dir   TRITONED_BUILD_DIR for serve_local.sh (it writes build_dir/triton_backends; a MODEL_NAME is looked
+                up there); None: inherited from the environment (serve_local.sh's default: <checkout>/build)
+    python      TRITONED_PYTHON, the interpreter of serve_local.sh and the backend stubs
+    env         more environment, applied last (it wins over build_dir and python)
+    extra_args  more serve_local.sh arguments, placed after the ports (serve_local.sh takes the last value of an
+                option, so a port given here wins); tritonserver's own arguments go after "--"
+    checkout    the checkout whose serve_local.sh runs (default: this one; e.g. a fresh clone in a test)
+    """
+
+    repository: Path | str
+    log: Path
+    build_dir: Path | None = None
     python: str = sys.executable
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
+    checkout: Path = ROOT
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
@@ -150,32 +150,58 @@ class LocalServer:
     def grpc_url(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
+    @property
+    def metrics_url(self) -> str:
+        return f"127.0.0.1:{self.metrics_port}"
+
     def launch(self) -> "LocalServer":
-        """Start serve_local.sh without waiting for readiness (servers can then come up side by side)."""
+        """Start serve_local.sh on new free ports without waiting for readiness (servers can then come up side by
+        side; wait_ready() each)."""
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
-        command = [str(ROOT / "serve_local.sh"), str(self.repository), "--http-port", str(self.http_port),
-                   "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port)]
-        if self.extra_args:
-            command += ["--", *self.extra_args]
-        env = {**os.environ, "TRITONED_BUILD_DIR": str(self.build_dir), "TRITONED_PYTHON": self.python,
-               **self.env}
-        with open(self.log_path, "wb") as output:
+        command = [str(self.checkout / "serve_local.sh"), str(self.repository), "--http-port", str(self.http_port),
+                   "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port), *self.extra_args]
+        env = {**os.environ, "TRITONED_PYTHON": self.python,
+               **({"TRITONED_BUILD_DIR": str(self.build_dir)} if self.build_dir is not None else {}), **self.env}
+        with open(self.log, "wb") as output:
             self.process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT,
-                                            start_new_session=True, env=env, cwd=ROOT)
-        log.info("serve_local.sh started (pid %d), log %s", self.process.pid, self.log_path)
+                                            start_new_session=True, env=env, cwd=self.checkout)
+        LOGGER.info("serve_local.sh started (pid %d), log %s", self.process.pid, self.log)
         return self
 
-    def start(self, timeout: float = READY_TIMEOUT_S) -> "LocalServer":
-        """launch(), then wait_ready(timeout)."""
-        self.launch().wait_ready(timeout)
-        return self
+    def start(self, wait: bool = True, attempts: int = 3, timeout: float = READY_TIMEOUT_S) -> "LocalServer":
+        """launch(), then (wait=True) wait_ready(timeout). Ports are only free when chosen: when another process
+        takes one first, the server is started again on new ones, up to `attempts` times."""
+        for attempt in range(attempts):
+            self.launch()
+            if not wait:
+                return self
+            try:
+                self.wait_ready(timeout)
+                return self
+            except ServerError as error:
+                self.stop()
+                if attempt + 1 == attempts or not any(sign in str(error) for sign in PORT_TAKEN):
+                    raise
+                LOGGER.info("a port was taken before the server bound it; starting again on new ports")
+        raise AssertionError("unreachable")
 
     def is_ready(self) -> bool:
         return http_ready(self.http_url)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        """Poll /v2/health/ready; ServerError when serve_local.sh exits or timeout passes first."""
-        wait_until_ready(self.process, self.http_url, timeout, self.log_tail)
+        """Poll /v2/health/ready until it answers 200; ServerError (with the log's tail) when serve_local.sh exits
+        or `timeout` seconds pass first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise ServerError(f"serve_local.sh exited with {self.process.returncode}:\n{self.log_tail()}")
+            if self.is_ready():
+                return
+            time.sleep(0.5)
+        raise ServerError(f"Triton not ready after {timeout:.0f}s:\n{self.log_tail()}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
 
     def stats(self) -> dict[str, dict[str, Any]]:
         """Cumulative inference statistics of every model, by name (/v2/models/stats)."""
@@ -184,10 +210,12 @@ class LocalServer:
         return {entry["name"]: entry for entry in data.get("model_stats", [])}
 
     def log_tail(self, chars: int = 6000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+        """The end of the log (for error messages)."""
+        return self.log.read_text(errors="replace")[-chars:] if self.log.exists() else ""
 
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+    def log_text(self) -> str:
+        """log_tail() under the name the tests use."""
+        return self.log_tail()
 
     def server_processes(self) -> list[tuple[int, str, int]]:
         """(pid, name, RSS bytes) of tritonserver and every process below it (the Python backend stubs)."""
@@ -203,24 +231,38 @@ class LocalServer:
     def rss_bytes(self) -> int:
         return sum(rss for _, _, rss in self.server_processes())
 
+    def interrupt(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """Ctrl-C: SIGINT to the whole process group, as a terminal sends it; returns serve_local.sh's exit
+        status (subprocess.TimeoutExpired when it takes longer than `timeout`). Whatever is left is killed."""
+        assert self.process is not None, "not started"
+        try:
+            os.killpg(self.process.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        try:
+            return self.process.wait(timeout=timeout)
+        finally:
+            self._kill_leftovers()
+
     def stop(self) -> int | None:
-        """Ctrl-C to the whole process group (as serve_local.sh expects); SIGKILL whatever is left."""
+        """interrupt() if it is running (SIGKILL after STOP_TIMEOUT_S); the exit status, None if never started."""
         if self.process is None:
             return None
-        status = self.process.poll()
-        if status is None:
+        if self.process.poll() is None:
             try:
-                os.killpg(self.process.pid, signal.SIGINT)
-                status = self.process.wait(timeout=STOP_TIMEOUT_S)
+                return self.interrupt()
             except subprocess.TimeoutExpired:
-                log.warning("serve_local.sh did not stop in %ds: killing it", STOP_TIMEOUT_S)
-            except ProcessLookupError:
-                pass
+                LOGGER.warning("serve_local.sh did not stop in %ds: killed it", STOP_TIMEOUT_S)
+        self._kill_leftovers()
+        return self.process.poll()
+
+    def _kill_leftovers(self) -> None:
+        if self.process is None:
+            return
         try:
             os.killpg(self.process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        return status
 
     def __enter__(self) -> "LocalServer":
         return self.start() if self.process is None else self

@@ -230,8 +230,8 @@ def run(args: argparse.Namespace) -> int:
         print("soak.py: every short text is a near tie for this model (see --min-margin)", file=sys.stderr)
         return 2
 
-    server = LocalServer(repository=repository, build_dir=build_dir, log_path=build_dir / "server.log")
-    print(f"soak: {model_dir} as '{MODEL_NAME}' on the local Triton (serve_local.sh, log {server.log_path})")
+    server = LocalServer(repository=repository, log=build_dir / "server.log", build_dir=build_dir)
+    print(f"soak: {model_dir} as '{MODEL_NAME}' on the local Triton (serve_local.sh, log {server.log})")
     print(f"soak: {args.concurrency} concurrent {args.protocol.upper()} clients, {args.warmup:g} s warm-up + "
           f"{args.duration:g} s measured, windows of {args.window:g} s; texts: {len(short_rows)} short, "
           f"{len(long_rows)} long ({args.long_fraction:.0%} of requests), {dropped} near ties left out; "

@@ -210,6 +210,39 @@ def test_missing_directory(capsys, tmp_path: Path) -> None:
     assert_nothing_written(tmp_path / "out")
 
 
+def convert_script(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real `python utils/convert_to_onnx.py ARGS`, run from `cwd` (relative paths are taken from there)."""
+    return subprocess.run([sys.executable, str(ROOT / "utils" / "convert_to_onnx.py"), *map(str, args)],
+                          capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+@pytest.mark.parametrize("flag", ["model", "tokenizer"])
+def test_hub_id_with_the_default_local_storage_suggests_hf(hf_model, tmp_path: Path, flag: str) -> None:
+    args = ["--model", "cointegrated/rubert-tiny2"] if flag == "model" else \
+        ["--model", hf_model("bert"), "--tokenizer", "cointegrated/rubert-tiny2"]
+    result = convert_script(tmp_path, *args, "--output-dir", tmp_path / "out")
+    assert result.returncode != 0
+    message = the_error(result.stderr)
+    assert f"{flag}: no such directory: cointegrated/rubert-tiny2" in message, message
+    assert "looks like a Hugging Face Hub repo id" in message and f"add --{flag}-storage hf" in message, message
+    assert_nothing_written(tmp_path / "out")
+
+
+@pytest.mark.parametrize("source", ["./results/checkpoint-500", "/nonexistent/model", "a/b/c", "model-dir"])
+def test_a_missing_path_that_is_no_hub_id_gets_no_hub_hint(tmp_path: Path, source: str) -> None:
+    result = convert_script(tmp_path, "--model", source, "--output-dir", tmp_path / "out")
+    assert result.returncode != 0
+    message = the_error(result.stderr)
+    assert "no such directory" in message and "--model-storage hf" not in message, message
+
+
+def test_a_local_directory_named_like_a_hub_id_is_used(hf_model, tmp_path: Path) -> None:
+    shutil.copytree(hf_model("bert"), tmp_path / "user" / "name")
+    result = convert_script(tmp_path, "--model", "user/name", "--output-dir", tmp_path / "out")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_json(tmp_path / "out" / "conversion_report.json")["source"]["model"]["storage"] == "local"
+
+
 def test_directory_without_a_model_points_at_checkpoints(capsys, hf_model, tmp_path: Path) -> None:
     trainer_out = tmp_path / "results"
     shutil.copytree(hf_model("bert"), trainer_out / "checkpoint-500")

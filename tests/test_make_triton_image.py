@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import Artifacts, make_image
+from conftest import ROOT, Artifacts, make_image, run
 
 NO_DOCKER = {"PATH": "/usr/bin:/bin", "DOCKER_HOST": "unix:///nonexistent.sock"}
+CONVERT_FIRST = "MODEL is the model.onnx file that utils/convert_to_onnx.py writes"
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +62,57 @@ def test_missing_model_file(good: Artifacts, tmp_path: Path) -> None:
     bad.out_dir.mkdir()
     shutil.copytree(good.tokenizer, bad.tokenizer)
     shutil.copy(good.id2label, bad.id2label)
-    assert_refused(make_image(bad, tmp_path / "b"), "model: no such file", build_dir=tmp_path / "b")
+    assert_refused(make_image(bad, tmp_path / "b"), "model: no such file", CONVERT_FIRST, build_dir=tmp_path / "b")
+
+
+def make_with(build_dir: Path, model: Path, tokenizer: Path, id2label: Path):
+    """./make_triton_image.sh --no-build MODEL TOKENIZER ID2LABEL, any three paths."""
+    return run([str(ROOT / "make_triton_image.sh"), "--no-build", str(model), str(tokenizer), str(id2label)],
+               env={**os.environ, "TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": sys.executable})
+
+
+def test_checkpoint_directory_as_model_says_convert_first(good: Artifacts, tmp_path: Path) -> None:
+    """A newcomer's first try: the Hugging Face checkpoint directory as MODEL, whatever the other two are."""
+    result = make_with(tmp_path / "b", good.hf_dir, tmp_path / "tok", tmp_path / "id2label")
+    assert_refused(result, f"model: {good.hf_dir} is a directory (a Hugging Face checkpoint", CONVERT_FIRST,
+                   f"utils/convert_to_onnx.py --model {good.hf_dir} --output-dir build/artifacts",
+                   "then pass build/artifacts/model.onnx build/artifacts/tokenizer build/artifacts/id2label.json",
+                   build_dir=tmp_path / "b")
+    assert "no such file" not in result.stderr
+
+
+@pytest.mark.parametrize("which, phrases", [
+    ("model=out", ["is a directory", CONVERT_FIRST, "pass {out}/model.onnx"]),
+    ("model=empty", ["model: {empty} is a directory, not a file", CONVERT_FIRST,
+                     "convert_to_onnx.py --model CHECKPOINT_DIR --output-dir build/artifacts"]),
+    ("tokenizer=config", ["tokenizer: {out}/tokenizer/tokenizer_config.json is a file, not tokenizer.json",
+                          "pass the directory that holds it and tokenizer.json: {out}/tokenizer"]),
+    ("tokenizer=out", ["tokenizer: {out} holds no tokenizer.json", "pass its tokenizer/ directory: {out}/tokenizer"]),
+    ("tokenizer=slow", ["tokenizer: {slow} holds no tokenizer.json", "slow tokenizer only",
+                        "utils/convert_to_onnx.py converts it"]),
+    ("tokenizer=missing", ["tokenizer: no such directory: {missing}"]),
+    ("id2label=out", ["id2label: {out} is a directory, not a JSON file", "pass the file in it: {out}/id2label.json"]),
+    ("id2label=empty", ["id2label: {empty} is a directory, not a JSON file", "utils/convert_to_onnx.py writes"]),
+])
+def test_wrong_kind_of_path_is_named_with_the_fix(good: Artifacts, tmp_path: Path, which: str,
+                                                  phrases: list[str]) -> None:
+    places = {"out": good.out_dir, "empty": tmp_path / "empty", "slow": tmp_path / "slow", "missing": tmp_path / "no",
+              "config": good.tokenizer / "tokenizer_config.json"}
+    places["empty"].mkdir()
+    places["slow"].mkdir()
+    (places["slow"] / "vocab.txt").write_text("[PAD]\n[UNK]\n")
+    paths = {"model": good.model, "tokenizer": good.tokenizer, "id2label": good.id2label}
+    argument, place = which.split("=")
+    paths[argument] = places[place]
+    result = make_with(tmp_path / "b", paths["model"], paths["tokenizer"], paths["id2label"])
+    assert_refused(result, *(phrase.format(**places) for phrase in phrases), build_dir=tmp_path / "b")
+
+
+def test_tokenizer_json_itself_is_accepted(good: Artifacts, tmp_path: Path) -> None:
+    result = make_with(tmp_path / "b", good.model, good.tokenizer / "tokenizer.json", good.id2label)
+    assert result.returncode == 0, result.stderr
+    served = tmp_path / "b" / "ensemble_model" / "context" / "model_repository" / "text_preprocessing" / "1"
+    assert (served / "tokenizer" / "tokenizer.json").read_bytes() == (good.tokenizer / "tokenizer.json").read_bytes()
 
 
 def test_model_that_is_not_onnx(broken: Artifacts, tmp_path: Path) -> None:
@@ -126,6 +179,8 @@ def test_model_swapped_after_the_parity_check(broken: Artifacts, tmp_path: Path)
     (["Bad Name"], "MODEL_NAME 'Bad Name' is not valid"),
     (["-leading"], "unknown option"),
     (["model_onnx"], "taken by a model of the ensemble"),
+    (["artifacts"], "MODEL_NAME 'artifacts' is reserved: the model would replace build/artifacts/"),
+    (["demo"], "MODEL_NAME 'demo' is reserved"),
     (["ok", "bad:tag"], "TAG 'bad:tag' is not a valid Docker tag"),
     (["ok", "v1", "0"], "MAX_BATCH_SIZE must be an integer >= 1"),
     (["ok", "v1", "four"], "MAX_BATCH_SIZE must be an integer >= 1"),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,10 @@ OUTPUT_NAME = "logits"
 INT64 = 7  # onnx.TensorProto.INT64
 REPORT_NAME = "conversion_report.json"
 CONVERT_HINT = "export it with utils/convert_to_onnx.py"
+CONVERT_COMMAND = ".venv/bin/python utils/convert_to_onnx.py --model CHECKPOINT_DIR --output-dir build/artifacts"
+CONVERTED_INPUTS = "build/artifacts/model.onnx build/artifacts/tokenizer build/artifacts/id2label.json"
+SLOW_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "spm.model",
+                        "tokenizer.model", "tokenizer_config.json")
 SANE_MAX_LENGTH = 1_000_000  # transformers writes VERY_LARGE_INTEGER when a tokenizer has no limit
 
 
@@ -26,9 +31,20 @@ class ArtifactError(Exception):
     """A problem with one of the inputs; the message names the argument and the fix."""
 
 
+def id2label_path_error(path: Path) -> ArtifactError:
+    """ID2LABEL is not a file: say what it is and which file to pass."""
+    if path.is_dir():
+        inside = path / "id2label.json"
+        hint = (f"pass the file in it: {inside}" if inside.is_file() else
+                f"pass the id2label.json file that utils/convert_to_onnx.py writes ({CONVERT_COMMAND})")
+        return ArtifactError(f"id2label: {path} is a directory, not a JSON file; {hint}")
+    return ArtifactError(f"id2label: no such file: {path}; pass the id2label.json file that "
+                         f"utils/convert_to_onnx.py writes ({CONVERT_COMMAND})")
+
+
 def load_id2label(path: Path) -> dict[str, str]:
     if not path.is_file():
-        raise ArtifactError(f"id2label: no such file: {path}")
+        raise id2label_path_error(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -47,11 +63,31 @@ def load_id2label(path: Path) -> dict[str, str]:
     return data
 
 
+def tokenizer_path_error(path: Path) -> ArtifactError:
+    """TOKENIZER is neither tokenizer.json nor a directory holding it: say what it is and what to pass."""
+    fix = "pass the directory holding tokenizer.json (utils/convert_to_onnx.py writes one: its tokenizer/)"
+    if not path.exists():
+        return ArtifactError(f"tokenizer: no such {'file' if path.name == 'tokenizer.json' else 'directory'}: "
+                             f"{path}; {fix}")
+    if path.is_file():
+        if (path.parent / "tokenizer.json").is_file():
+            fix = f"pass the directory that holds it and tokenizer.json: {path.parent}"
+        return ArtifactError(f"tokenizer: {path} is a file, not tokenizer.json or a directory holding it; {fix}")
+    if (path / "tokenizer" / "tokenizer.json").is_file():
+        fix = f"pass its tokenizer/ directory: {path / 'tokenizer'}"
+    elif any((path / name).is_file() for name in SLOW_TOKENIZER_FILES):
+        fix = (f"it holds a slow tokenizer only; utils/convert_to_onnx.py converts it to a fast one and writes "
+               f"tokenizer/ with tokenizer.json ({CONVERT_COMMAND})")
+    else:
+        fix = ("pass the directory written by tokenizer.save_pretrained() for a fast tokenizer "
+               "(utils/convert_to_onnx.py writes one)")
+    return ArtifactError(f"tokenizer: {path} holds no tokenizer.json; {fix}")
+
+
 def tokenizer_dir(path: Path) -> Path:
     directory = path.parent if path.name == "tokenizer.json" else path
     if not (directory / "tokenizer.json").is_file():
-        raise ArtifactError(f"tokenizer: {path} holds no tokenizer.json; pass the directory written by "
-                            "tokenizer.save_pretrained() for a fast tokenizer (utils/convert_to_onnx.py writes one)")
+        raise tokenizer_path_error(path)
     try:
         from tokenizers import Tokenizer
 
@@ -73,9 +109,24 @@ def is_dynamic(dim: Any) -> bool:
     return not dim.HasField("dim_value") or dim.dim_value <= 0
 
 
+def model_path_error(path: Path) -> ArtifactError:
+    """MODEL is not a file: say what it is, and that MODEL is the converter's model.onnx (with the command)."""
+    what = "MODEL is the model.onnx file that utils/convert_to_onnx.py writes"
+    if not path.is_dir():
+        return ArtifactError(f"model: no such file: {path}; {what} ({CONVERT_COMMAND})")
+    if (path / "model.onnx").is_file():
+        return ArtifactError(f"model: {path} is a directory; {what}: pass {path / 'model.onnx'}")
+    if (path / "config.json").is_file():
+        command = CONVERT_COMMAND.replace("CHECKPOINT_DIR", shlex.quote(str(path)))
+        return ArtifactError(f"model: {path} is a directory (a Hugging Face checkpoint: it holds config.json), not "
+                             f"a model.onnx; {what}. Convert it first: {command}, then pass {CONVERTED_INPUTS}")
+    return ArtifactError(f"model: {path} is a directory, not a file; {what}. Convert the checkpoint first: "
+                         f"{CONVERT_COMMAND}, then pass {CONVERTED_INPUTS}")
+
+
 def load_onnx(path: Path) -> Any:
     if not path.is_file():
-        raise ArtifactError(f"model: no such file: {path}")
+        raise model_path_error(path)
     import onnx
 
     try:
@@ -139,6 +190,8 @@ def load_report(path: Path) -> dict[str, Any]:
 
 
 def validate(model_path: Path, tokenizer_path: Path, id2label_path: Path) -> dict[str, int]:
+    if not model_path.is_file():  # first: a checkpoint directory as MODEL means "convert first", whatever follows
+        raise model_path_error(model_path)
     id2label = load_id2label(id2label_path)
     directory = tokenizer_dir(tokenizer_path)
     model = load_onnx(model_path)

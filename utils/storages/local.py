@@ -1,9 +1,19 @@
 """local: a directory on disk written by `save_pretrained` (for example a `Trainer` output or checkpoint)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .base import Fetched, FetchRequest, Storage, StorageError
+
+
+# user/model_name as the Hub spells repo ids: letters, digits, - _ . (not first or last), one slash.
+HUB_ID = re.compile(r"[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?/[A-Za-z0-9](?:[\w.-]*[A-Za-z0-9])?")
+
+
+def looks_like_hub_id(source: str) -> bool:
+    """Whether a path that does not exist is more likely a Hub repo id (user/model_name) than a typo."""
+    return len(source) <= 96 and HUB_ID.fullmatch(source) is not None and ".." not in source and "--" not in source
 
 
 def fetch(request: FetchRequest) -> Fetched:
@@ -13,6 +23,10 @@ def fetch(request: FetchRequest) -> Fetched:
         raise StorageError(f"--{what}-revision does not apply to a local directory ({request.source}); "
                            f"drop it, or use --{what}-storage hf for a Hub repo")
     if not path.exists():
+        if looks_like_hub_id(request.source):
+            raise StorageError(f"{what}: no such directory: {path}; '{request.source}' looks like a Hugging Face Hub "
+                               f"repo id: add --{what}-storage hf to fetch it from the Hub (or pass the local "
+                               "directory written by save_pretrained())")
         raise StorageError(f"{what}: no such directory: {path}; pass the directory written by save_pretrained() "
                            "(e.g. a Trainer output or checkpoint directory)")
     if not path.is_dir():
