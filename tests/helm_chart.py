@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import copy
 import re
+import shlex
 from pathlib import Path
 from typing import Iterable
 
@@ -39,18 +40,20 @@ def variants() -> dict[str, dict]:
     return found
 
 
-def render_templates(values: dict | None = None, chart: Path = CHART) -> dict[str, str]:
+def render_templates(values: dict | None = None, chart: Path = CHART, release: str = RELEASE,
+                     namespace: str = NAMESPACE) -> dict[str, str]:
     """template path -> rendered text, as `helm template RELEASE CHART -n NAMESPACE` renders it."""
     import helm_python as helm
 
     with helm.Chart.load(str(chart)) as loaded:
-        return loaded.render(values or {}, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        return loaded.render(values or {}, name=release, namespace=namespace, is_install=True)
 
 
-def render(values: dict | None = None, chart: Path = CHART) -> list[dict]:
+def render(values: dict | None = None, chart: Path = CHART, release: str = RELEASE,
+           namespace: str = NAMESPACE) -> list[dict]:
     """The Kubernetes objects the chart renders with `values` (NOTES.txt left out)."""
     objects = []
-    for path, text in sorted(render_templates(values, chart).items()):
+    for path, text in sorted(render_templates(values, chart, release, namespace).items()):
         if path.endswith(".yaml"):
             objects += [doc for doc in yaml.safe_load_all(text) if doc]
     return objects
@@ -171,3 +174,48 @@ def docker_run_command(objects: list[dict], name: str, host_ports: dict[str, int
 
 def port_by_name(container: dict) -> dict[str, int]:
     return {port["name"]: port["containerPort"] for port in container["ports"]}
+
+
+def helm_commands(readme: Path) -> list[list[str]]:
+    """The `helm install|upgrade ...` command lines of a README (continuation lines joined), split into words."""
+    text = readme.read_text(encoding="utf-8").replace("\\\n", " ")
+    commands = []
+    for line in text.splitlines():
+        start = re.search(r"\bhelm (install|upgrade) ", line)
+        if start:
+            command = line[start.start():]
+            if line[:start.start()].count("`") % 2:  # inline code: up to its closing backtick
+                command = command.split("`")[0]
+            commands.append(shlex.split(command.split(" #")[0]))
+    return commands
+
+
+def values_of_command(words: list[str], base: Path = ROOT) -> tuple[str, str, dict]:
+    """(release, namespace, values) of `helm install|upgrade RELEASE CHART [-n NS] [-f FILE] [--set K=V]...`."""
+    import helm_python as helm
+
+    assert words[:2] in (["helm", "install"], ["helm", "upgrade"]), words
+    positional, values, namespace = [], {}, "default"
+    args = iter(words[2:])
+    for word in args:
+        if word in ("-n", "--namespace"):
+            namespace = next(args)
+        elif word in ("-f", "--values"):
+            path = next(args)
+            values = deep_merge(values, yaml.safe_load(_resolve(path, base).read_text(encoding="utf-8")) or {})
+        elif word == "--set":
+            values = deep_merge(values, helm.parse_set_string(next(args)))
+        elif word.startswith("--"):
+            continue  # --reuse-values, --wait, ...
+        else:
+            positional.append(word)
+    release, chart = positional
+    assert _resolve(chart, base) == CHART, f"not this chart: {chart}"
+    return release, namespace, values
+
+
+def _resolve(path: str, base: Path) -> Path:
+    for candidate in (base / path, CHART / path):
+        if candidate.exists():
+            return candidate.resolve()
+    raise AssertionError(f"{path} does not exist (relative to {base} or the chart)")

@@ -112,8 +112,10 @@ class Entrypoint:
     def read(cls, script: Path = ENTRYPOINT_SCRIPT) -> "Entrypoint":
         text = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30,
                               check=True).stdout
-        start = text.index("Starts tritonserver")
-        block = text[start:text.index("and then", start)]
+        start, end = text.find("Starts tritonserver"), text.find("and then")
+        assert 0 <= start < end, ("serve_image.sh --help no longer says which tritonserver options it sets "
+                                  f"(\"Starts tritonserver ... with ... and then\"): update Entrypoint.read\n{text}")
+        block = text[start:end]
         options = {}
         for word in shlex.split(block.split("with", 1)[1]):
             if word.startswith("--"):

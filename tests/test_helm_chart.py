@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from docker_helpers import readme_docker_run
-from helm_chart import (CHART, EXAMPLES, NAMESPACE, ROOT, deep_merge, kinds, quantity, render, render_templates,
-                        server_container, the, variants)
+from helm_chart import (CHART, NAMESPACE, ROOT, helm_commands, kinds, quantity, render, server_container, the,
+                        values_of_command, variants)
 from image_contract import Dockerfile, Entrypoint, accepts_admin_key
 
 CHART_README = CHART / "README.md"
@@ -325,3 +325,19 @@ def test_checkov_finds_nothing_unjustified(checkov: Path, rendered, tmp_path: Pa
     assert not stale, f"{CHART_README.name} justifies checks that no longer fail: {stale}"
     assert "pinned-digest" not in failed.get("CKV_K8S_43", set()), "a digest must satisfy CKV_K8S_43"
     print(f"checkov {summary}; justified failures: { {k: sorted(v) for k, v in failed.items()} }")
+
+
+@pytest.mark.parametrize("readme", [ROOT / "README.md", CHART_README], ids=["README", "chart-README"])
+def test_readme_helm_commands_render_and_name_the_objects_they_make(readme: Path) -> None:
+    """Every `helm install|upgrade` of the README renders, with the -f files and --set values it gives, and
+    the kubectl lines beside it name objects that install makes."""
+    commands = helm_commands(readme)
+    assert any(words[1] == "install" for words in commands), f"{readme.name} shows no helm install"
+    text = readme.read_text(encoding="utf-8")
+    installed: set[str] = set()
+    for words in commands:
+        release, namespace, values = values_of_command(words)
+        objects = render(values, release=release, namespace=namespace)
+        installed |= {f"{obj['kind'].lower()}/{obj['metadata']['name']}" for obj in objects}
+    for reference in set(re.findall(r"\b(deployment|service)/([a-z0-9-]+)", text)):
+        assert "/".join(reference) in installed, f"{readme.name} names {'/'.join(reference)}; made: {installed}"
