@@ -50,6 +50,8 @@ def all_variants() -> dict[str, dict]:
     found = variants()
     assert len(found) >= 7, f"examples/ lost variants: {sorted(found)}"
     found["admin-key-value"] = {"adminKey": {"value": uuid.uuid4().hex}}
+    # The end-to-end liveness check (issue 11): rendered and checked before the image has it.
+    found["liveness-exec"] = {"probes": {"livenessCommand": ["/opt/tritoned/healthcheck"]}}
     return found
 
 
@@ -71,6 +73,8 @@ def test_every_variant_renders_what_it_documents(rendered: dict[str, list[dict]]
     assert "prometheus.io/scrape" not in (the(rendered["prometheus-operator"], "Deployment")["spec"]["template"]
                                           ["metadata"].get("annotations") or {})
     assert "@sha256:" in server_container(pod_spec_of(workload(rendered["pinned-digest"])))["image"]
+    liveness = server_container(pod_spec_of(workload(rendered["liveness-exec"])))["livenessProbe"]
+    assert liveness["exec"]["command"] == ["/opt/tritoned/healthcheck"] and "httpGet" not in liveness
     metrics = the(rendered["queue-time-hpa"], "HorizontalPodAutoscaler")["spec"]["metrics"]
     assert [m["type"] for m in metrics] == ["Resource", "Pods"], metrics
 
