@@ -11,8 +11,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = ROOT / "Dockerfile"
-ENTRYPOINT_SCRIPT = ROOT / "docker" / "serve_image.sh"
-LOCKDOWN_SCRIPT = ROOT / "docker" / "lockdown.sh"
 # docker's duration syntax in HEALTHCHECK options
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+(?:\.\d+)?)s)?(?:(\d+)ms)?$")
 
@@ -103,34 +101,63 @@ def _healthcheck(rest: str) -> Healthcheck:
 
 @dataclass(frozen=True)
 class Entrypoint:
-    """What serve_image.sh --help says it passes to tritonserver before the user's arguments."""
+    """What the image's entrypoint does with the server's options, from its own sources: the tritonserver options
+    it sets or refuses (a chart must not pass them), and the longest it may take from SIGTERM to exit.
 
-    help_text: str
-    server_options: dict[str, str]
+    Two layouts: today's docker/serve_image.sh, which execs tritonserver with the options its --help lists; and
+    the gateway's (issue 11), where gateway/tritonserver.py defines the options and gateway/settings.py the drain
+    and exit timeouts."""
+
+    reserved_options: frozenset[str]
+    shutdown_s: float
 
     @classmethod
-    def read(cls, script: Path = ENTRYPOINT_SCRIPT) -> "Entrypoint":
-        text = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, timeout=30,
-                              check=True).stdout
+    def read(cls, root: Path = ROOT) -> "Entrypoint":
+        gateway = root / "gateway"
+        if (gateway / "tritonserver.py").exists():
+            return cls._from_gateway(root)
+        text = subprocess.run(["bash", str(root / "docker" / "serve_image.sh"), "--help"], capture_output=True,
+                              text=True, timeout=30, check=True).stdout
         start, end = text.find("Starts tritonserver"), text.find("and then")
         assert 0 <= start < end, ("serve_image.sh --help no longer says which tritonserver options it sets "
                                   f"(\"Starts tritonserver ... with ... and then\"): update Entrypoint.read\n{text}")
-        block = text[start:end]
         options = {}
-        for word in shlex.split(block.split("with", 1)[1]):
+        for word in shlex.split(text[start:end].split("with", 1)[1]):
             if word.startswith("--"):
                 name, _, value = word.partition("=")
                 options[name] = value
-        assert options, f"no tritonserver options found in serve_image.sh --help:\n{text}"
-        return cls(help_text=text, server_options=options)
+        assert "--exit-timeout-secs" in options, f"no --exit-timeout-secs in serve_image.sh --help:\n{text}"
+        return cls(reserved_options=frozenset(options), shutdown_s=float(options["--exit-timeout-secs"]))
 
-    def exit_timeout_s(self) -> int:
-        return int(self.server_options["--exit-timeout-secs"])
+    @classmethod
+    def _from_gateway(cls, root: Path) -> "Entrypoint":
+        probe = (
+            "import json, re\n"
+            "from gateway import settings, tritonserver\n"
+            "s = settings.Settings(tritonserver=['tritonserver'])\n"
+            "script = open('docker/serve_image.sh').read()\n"
+            "print(json.dumps({'options': [*tritonserver.OWNED_OPTIONS,"
+            " *(o.split('=')[0] for o in tritonserver.SERVER_OPTIONS),"
+            " *re.findall(r'tritonserver (--[a-z-]+)=', script)],"
+            # after SIGTERM: the drain delay, the drain (requests in flight), then tritonserver's exit timeout
+            # and the 5 s the gateway grants it on top before killing it (gateway/app.py)
+            " 'shutdown': s.drain_delay_s + s.drain_timeout_s + s.triton_exit_timeout_s + 5}))\n"
+        )
+        result = subprocess.run(["python3", "-c", probe], capture_output=True, text=True, timeout=60, cwd=root,
+                                env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+        assert result.returncode == 0, f"the gateway's settings could not be read: {result.stderr[-2000:]}"
+        found = json.loads(result.stdout)
+        return cls(reserved_options=frozenset(found["options"]), shutdown_s=float(found["shutdown"]))
 
 
-def accepts_admin_key(key: str) -> bool:
-    """Whether the entrypoint's lock-down (docker/lockdown.sh make_admin_key) takes `key` as TRITONED_ADMIN_KEY."""
-    result = subprocess.run(["bash", "-c", f'source "{LOCKDOWN_SCRIPT}"; make_admin_key >/dev/null'],
-                            env={"TRITONED_ADMIN_KEY": key, "PATH": "/usr/bin:/bin"}, capture_output=True,
-                            timeout=30)
+def accepts_admin_key(key: str, root: Path = ROOT) -> bool:
+    """Whether the image's lock-down takes `key` as TRITONED_ADMIN_KEY: docker/lockdown.sh's make_admin_key, or
+    the gateway's `python -m gateway.lockdown` (exit 0: fit)."""
+    environment = {"TRITONED_ADMIN_KEY": key, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
+    lockdown_script = root / "docker" / "lockdown.sh"
+    if lockdown_script.exists():
+        command = ["bash", "-c", f'source "{lockdown_script}"; make_admin_key >/dev/null']
+    else:
+        command = ["python3", "-m", "gateway.lockdown"]
+    result = subprocess.run(command, env=environment, capture_output=True, timeout=30, cwd=root)
     return result.returncode == 0
