@@ -13,7 +13,7 @@ benchmark runs, and what the README's examples write: build/artifacts, build/whe
 caches. The template in model_repository/ is never written, so afterwards
 'git status' shows it as it was. Safe to run any number of times.
 
-  --all    also remove the virtual environment .venv
+  --all    also remove the virtual environments .venv and .venv-tools (checkov)
 USAGE
 }
 
@@ -28,9 +28,9 @@ main() {
     *) die "unknown argument: $1 (see --help)" ;;
   esac
   rm -rf -- "${TRITONED_BUILD_DIR:-$ROOT/build}"
-  find "$ROOT" -path "$ROOT/.venv" -prune -o -path "$ROOT/.git" -prune -o \
+  find "$ROOT" -path "$ROOT/.venv" -prune -o -path "$ROOT/.venv-tools" -prune -o -path "$ROOT/.git" -prune -o \
     \( -name __pycache__ -o -name .pytest_cache \) -type d -prune -exec rm -rf {} +
-  [[ "$all" == 0 ]] || rm -rf -- "$ROOT/.venv"
+  [[ "$all" == 0 ]] || rm -rf -- "$ROOT/.venv" "$ROOT/.venv-tools"
 }
 
 main "$@"

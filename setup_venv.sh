@@ -17,6 +17,8 @@ Re-running is cheap: nothing is reinstalled while the requirements files are unc
   requirements-local.txt    + the local Triton server (nvidia-pytriton) and ONNX Runtime
   requirements.txt          + conversion tools (torch CPU, transformers, onnx)
   requirements-dev.txt      + tests and linters
+  requirements-checkov.txt  the Kubernetes scanner alone, in its own environment:
+                            TRITONED_VENV=.venv-tools/checkov ./setup_venv.sh requirements-checkov.txt
 USAGE
 }
 

@@ -97,6 +97,12 @@ def readme_docker_run(readme: Path, image_name: str) -> list[str]:
     raise AssertionError(f"README.md has no 'docker run ... {image_name}:TAG' line")
 
 
+def readme_curl(readme: Path = ROOT / "README.md") -> str:
+    """The README's curl inference request (the first `curl ... /infer` line)."""
+    lines = [line.strip() for line in readme.read_text(encoding="utf-8").splitlines()]
+    return next(line for line in lines if line.startswith("curl") and "/infer" in line)
+
+
 def localize_run_command(words: list[str], image: str, name: str, host_ports: dict[int, int]) -> list[str]:
     """The README's docker run, detached and named, its -pHOST:CONTAINER on 127.0.0.1:<free port>."""
     assert words[:2] == ["docker", "run"], words

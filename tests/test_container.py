@@ -21,7 +21,7 @@ from tritonclient.utils import InferenceServerException
 from conftest import ROOT, Artifacts, http, make_image
 from docker_helpers import (Container, Engine, EngineUnavailable, build_standin, docker,
                             download_wheelhouse, image_python_version, localize_run_command,
-                            readme_docker_run, scan_image)
+                            readme_curl, readme_docker_run, scan_image)
 from local_triton import free_ports
 from reference import labels_of, pytorch_probabilities
 
@@ -128,11 +128,6 @@ def expected(built: tuple[str, Artifacts, Path]) -> dict[str, np.ndarray]:
     max_length = int(re.search(r'max_sequence_length".*?string_value: "(\d+)"', config, re.S).group(1))
     probabilities = pytorch_probabilities(artifacts.hf_dir, TEXTS, max_length)
     return dict(zip(TEXTS, probabilities))
-
-
-def readme_curl() -> str:
-    lines = [line.strip() for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines()]
-    return next(line for line in lines if line.startswith("curl") and "/infer" in line)
 
 
 def test_readme_curl_answers_with_the_right_label(container: Container, built, expected) -> None:
