@@ -177,8 +177,10 @@ assemble() {
   done
   find "$repo" -name '__pycache__' -prune -exec rm -rf {} +
   "$ROOT/process_template.sh" "$repo"
-  cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$ROOT/docker/serve_image.sh" "$ROOT/docker/lockdown.sh" \
+  cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$ROOT/docker/serve_image.sh" "$ROOT/docker/healthcheck" \
      "$staging/context/"
+  mkdir -p "$staging/context/gateway"
+  cp "$ROOT"/gateway/*.py "$staging/context/gateway/"
   mkdir -p "$staging/context/wheels"  # the Dockerfile copies it; empty unless --wheelhouse
   [[ -z "$WHEELHOUSE" ]] || cp "$WHEELHOUSE"/*.whl "$staging/context/wheels/"
 }
