@@ -13,6 +13,7 @@ import socket
 import sys
 import time
 
+import grpc
 from aiohttp import web
 
 from . import lockdown, tritonserver
@@ -57,6 +58,7 @@ class Gateway:
         self.http = HttpFront(self.ports.http, settings.limits, self.health, settings.unchecked)
         self.grpc = GrpcFront(self.ports.grpc, settings.limits, self.health, settings.unchecked)
         self.stop_requested: asyncio.Event | None = None
+        self.grpc_server: grpc.aio.Server | None = None
         self.signals = 0
 
     def run(self) -> int:
@@ -77,14 +79,15 @@ class Gateway:
         upstream = Upstream(self.ports.http, self.admin_key, self.settings.limits)
         supervisor = Supervisor(self.settings.supervisor, self.triton, upstream, self.health, self._set_catalog)
         self.http.supervisor = self.grpc.supervisor = supervisor
-        runner = web.AppRunner(self.http.app(), access_log=None, handle_signals=False,
+        # auto_decompress=False: compressed bodies are inflated by the front itself, with a bound (checks.inflate).
+        runner = web.AppRunner(self.http.app(), access_log=None, handle_signals=False, auto_decompress=False,
                                shutdown_timeout=self.settings.drain_timeout_s)
-        metrics_runner = web.AppRunner(await metrics_app(self.ports.metrics), access_log=None, handle_signals=False)
+        metrics_runner = web.AppRunner(await metrics_app(self.ports.metrics), access_log=None, handle_signals=False,
+                                       auto_decompress=False)
         await runner.setup()
         await metrics_runner.setup()
         await web.SockSite(runner, http_socket).start()
         await web.SockSite(metrics_runner, metrics_socket).start()
-        grpc_server = None
         supervising = asyncio.ensure_future(supervisor.run())
         reaping = asyncio.ensure_future(self._reap())
         stopping = asyncio.ensure_future(self.stop_requested.wait())
@@ -94,13 +97,11 @@ class Gateway:
             while True:
                 done, _ = await asyncio.wait({supervising, reaping, stopping}, timeout=0.5,
                                              return_when=asyncio.FIRST_COMPLETED)
-                if grpc_server is None and supervisor.catalog is not None:
-                    grpc_server = await self._start_grpc(supervisor.catalog)
                 if not armed_once and self.health.ready:
                     armed_once = True
                     self._banner(supervisor.catalog)
                 if stopping in done:
-                    status = await self._drain(runner, grpc_server)
+                    status = await self._drain(runner, self.grpc_server)
                     break
                 if reaping in done:
                     status = self.triton.returncode if self.triton.returncode else 1
@@ -119,8 +120,8 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(supervising, stopping, return_exceptions=True)
             # Every connection to Triton is closed before it is asked to stop: it waits for open HTTP connections.
-            if grpc_server is not None:
-                await grpc_server.stop(0)
+            if self.grpc_server is not None:
+                await self.grpc_server.stop(0)
             await runner.cleanup()
             await metrics_runner.cleanup()
             await self.grpc.close()
@@ -139,11 +140,13 @@ class Gateway:
             log.warning("%s received again: stopping now", signal.Signals(signum).name)
             self.triton.signal(signal.SIGKILL)
 
-    def _set_catalog(self, catalog: Catalog) -> None:
+    async def _set_catalog(self, catalog: Catalog) -> None:
         self.http.catalog = self.grpc.catalog = catalog
         log.info("limits: %s", catalog.describe_limits())
+        if self.grpc_server is None:
+            self.grpc_server = await self._start_grpc(catalog)
 
-    async def _start_grpc(self, catalog: Catalog):
+    async def _start_grpc(self, catalog: Catalog) -> grpc.aio.Server:
         server = self.grpc.server(catalog.largest_body_limit())
         address = f"{self.settings.host}:{self.settings.grpc_port}"
         if ":" in self.settings.host:

@@ -7,15 +7,13 @@ import asyncio
 import json
 import logging
 import re
-from typing import Awaitable, Callable
-
 import aiohttp
 from aiohttp import web
 
 from . import checks, lockdown
 from .catalog import Catalog
 from .checks import Rejected
-from .health import Health, Phase
+from .health import Health
 from .settings import Limits
 
 log = logging.getLogger("tritoned.http")
@@ -50,7 +48,7 @@ class HttpFront:
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1)  # bodies are read by read_body() with their own limit
-        app.router.add_route("*", "/{tail:.*}", self.handle)
+        app.router.add_route("*", "/{tail:.*}", self.handle, expect_handler=self._expect)
         app.on_startup.append(self._open)
         app.on_cleanup.append(self._close)
         return app
@@ -66,6 +64,25 @@ class HttpFront:
             await self.session.close()
 
     # ------------------------------------------------------------------------------------------------ routing
+
+    def body_limit(self, path: str) -> int:
+        match = MODEL_ROUTE.fullmatch(path)
+        if match and match.group(3) in ("infer", "generate", "generate_stream"):
+            return self.catalog.body_limit(match.group(1))
+        return self.limits.body_overhead_bytes
+
+    async def _expect(self, request: web.Request) -> web.StreamResponse | None:
+        """Expect: 100-continue (curl sends it for bodies over 1 MB): a body over the limit is refused before the
+        client sends it."""
+        if request.headers.get("Expect", "").lower() != "100-continue":
+            return error(417, "only Expect: 100-continue is understood", close=True)
+        limit = self.body_limit(request.raw_path.split("?", 1)[0])
+        if request.content_length is not None and request.content_length > limit:
+            return error(413, checks.too_large("the request body", limit).message, close=True)
+        if request.version >= (1, 1):
+            await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            request.writer.output_size = 0
+        return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.split("?", 1)[0]
@@ -130,7 +147,7 @@ class HttpFront:
     async def _checked_inference_body(self, request: web.Request, model_name: str,
                                       kind: str) -> tuple[bytes, dict[str, str]]:
         """The body to forward and its headers; Rejected when the request must not reach Triton."""
-        body = await self.read_body(request, self.catalog.body_limit(model_name))
+        body = await self.read_body(request, self.body_limit(request.raw_path.split("?", 1)[0]))
         headers = self._common_headers(request)
         header_length = request.headers.get(INFER_HEADER)
         if kind != "infer" or header_length is None:
@@ -282,5 +299,3 @@ async def metrics_app(upstream_port: int) -> web.Application:
     app.on_cleanup.append(close_session)
     return app
 
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Callable
+from typing import Awaitable, Callable
 
 from . import probe, processes
 from .catalog import Catalog
@@ -26,7 +26,7 @@ class Fatal(Exception):
 
 class Supervisor:
     def __init__(self, settings: SupervisorSettings, triton: TritonProcess, upstream: Upstream, health: Health,
-                 on_catalog: Callable[[Catalog], None]) -> None:
+                 on_catalog: Callable[[Catalog], Awaitable[None]]) -> None:
         self.settings = settings
         self.triton = triton
         self.upstream = upstream
@@ -88,7 +88,7 @@ class Supervisor:
                 self.health.set(Phase.UP, "tritonserver is up but not ready (a model failed to load?)")
             await asyncio.sleep(0.5)
         self.catalog = await self.upstream.catalog()
-        self.on_catalog(self.catalog)
+        await self.on_catalog(self.catalog)  # the gateway opens its gRPC port with the models' limits
         self._watch_all()
         problem = await self._probe_all()
         if problem:
