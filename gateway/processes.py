@@ -2,7 +2,9 @@
 tritonserver whose command line names its instance (`<model>_<group>_<index>`) and its shared-memory region."""
 from __future__ import annotations
 
+import os
 import re
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -71,6 +73,15 @@ def stubs(server_pid: int, models: Iterable[str]) -> list[Stub]:
         if stub is not None:
             found.append(stub)
     return sorted(found, key=lambda s: s.instance)
+
+
+def kill(stub: Stub) -> None:
+    """SIGKILL a stub, if it is still the same process."""
+    if alive(stub):
+        try:
+            os.kill(stub.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def remove_shm_region(stub: Stub) -> bool:

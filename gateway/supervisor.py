@@ -160,13 +160,19 @@ class Supervisor:
         self.health.set(Phase.RECOVERING, f"backend process of {described} died; reloading {', '.join(models)}")
         event: dict[str, object] = {"instances": [s.instance for s in dead], "models": models}
         try:
-            await asyncio.wait_for(self._reload(models), self.settings.recovery_timeout_s)
+            lingering = await asyncio.wait_for(self._reload(models), self.settings.recovery_timeout_s)
         except asyncio.TimeoutError:
             raise Fatal(f"reloading {', '.join(models)} took longer than {self.settings.recovery_timeout_s:g}s") \
                 from None
         except Exception as error:
             raise Fatal(f"reloading {', '.join(models)} failed: {error}") from None
-        removed = [s.shm_region for s in dead if processes.remove_shm_region(s)]
+        for stub in lingering:  # the old version's surviving instances: they serve nothing any more
+            processes.kill(stub)
+        if lingering:
+            log.info("stopped the old version's remaining backend process(es): %s",
+                     ", ".join(f"{s.instance} (pid {s.pid})" for s in lingering))
+        await asyncio.sleep(0.1)
+        removed = [s.shm_region for s in [*dead, *lingering] if processes.remove_shm_region(s)]
         problem = await self._probe_all()
         if problem:
             raise Fatal(f"after reloading {', '.join(models)} the pipeline still fails: {problem}")
@@ -179,7 +185,12 @@ class Supervisor:
                     ", ".join(f"{s.instance} (pid {s.pid})" for s in self.watched.values()),
                     f"; removed the dead processes' shared memory {removed}" if removed else "")
 
-    async def _reload(self, models: list[str]) -> None:
+    async def _reload(self, models: list[str]) -> list[processes.Stub]:
+        """Unload and load `models`; returns the backend processes of their old versions that were still alive
+        (Triton 2.51 never finishes unloading a version whose stub was killed, and keeps its other instances'
+        processes running: the caller stops them)."""
+        assert self.catalog is not None
+        previous = processes.stubs(self.triton.pid, self.catalog.models)
         before = await self.upstream.index()
         counts = {model: sum(1 for s in self.watched.values() if s.model == model) for model in models}
         for model in models:
@@ -190,11 +201,20 @@ class Supervisor:
         for name, state in before.items():
             if state == "READY" and after.get(name) != "READY":
                 await self.upstream.admin_post(f"/v2/repository/models/{name}/load")
-        assert self.catalog is not None
-        fresh = processes.stubs(self.triton.pid, self.catalog.models)
+        # The old processes of a reloaded model may linger: the new ones are those that did not exist before.
+        old = {(s.pid, s.start_time) for s in previous}
+        deadline = time.monotonic() + 10
+        while True:
+            fresh = processes.stubs(self.triton.pid, self.catalog.models)
+            new = {model: [s for s in fresh if s.model == model and (s.pid, s.start_time) not in old]
+                   for model in models}
+            if all(len(new[model]) >= counts[model] for model in models) or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
         for model in models:
-            found = [s for s in fresh if s.model == model]
-            if len(found) != counts[model]:
-                raise RuntimeError(f"{model}: {len(found)} backend process(es) after reloading, expected "
+            if len(new[model]) != counts[model]:
+                raise RuntimeError(f"{model}: {len(new[model])} new backend process(es) after reloading, expected "
                                    f"{counts[model]}")
-        self.watched = {s.instance: s for s in fresh}
+        self.watched = {instance: stub for instance, stub in self.watched.items() if stub.model not in models}
+        self.watched.update({s.instance: s for model in models for s in new[model]})
+        return [s for s in previous if s.model in models and processes.alive(s)]

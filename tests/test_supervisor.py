@@ -1,0 +1,224 @@
+"""Dead backend processes, truthful health and drain, on the real local server (serve_local.sh: tritonserver 2.51
+behind the gateway).
+
+Each model's backend stub is killed in turn (kill -9) while a bounded load runs: the supervisor must notice within
+10 s, reload that model in place, and the load must see correct answers again, with the requests that failed
+counted (the front holds requests during a recovery and sends a request that a dead stub failed once more).
+SIGTERM with 16 requests in flight: readiness turns 503 at once, every request sent before it is answered, exit 0.
+The figures are printed (pytest -s) and the README quotes them."""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from conftest import make_image
+from local_triton import LocalTriton
+
+MODEL = "ensemble_model"
+TEXTS = ["where is my order", "помогите мне", "thank you very much", "the app crashes when I log in"]
+DETECTION_LIMIT_S = 10
+RECOVERY_LIMIT_S = 60
+LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) tritoned \w+ [\w.]+: (.*)$", re.M)
+
+
+def infer(address: str, text: str, timeout: float = 30) -> str:
+    body = json.dumps({"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1, 1], "data": [text]}]})
+    request = urllib.request.Request(f"http://{address}/v2/models/{MODEL}/infer", data=body.encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return {o["name"]: o["data"] for o in json.load(response)["outputs"]}["label"][0]
+
+
+def ready(address: str) -> int:
+    try:
+        with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:
+        return 0
+
+
+@dataclass
+class Load:
+    """`workers` threads, each sending the next request as soon as the last one is answered."""
+
+    address: str
+    expected: dict[str, str]
+    workers: int = 4
+    results: list[tuple[float, float, str]] = field(default_factory=list)  # (sent, answered, "ok" or the error)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self, index: int) -> None:
+        while not self.stop.is_set():
+            text = TEXTS[index % len(TEXTS)]
+            sent = time.time()
+            try:
+                label = infer(self.address, text)
+                outcome = "ok" if label == self.expected[text] else f"wrong label {label}"
+            except urllib.error.HTTPError as error:
+                outcome = f"HTTP {error.code}: {error.read()[:200]!r}"
+            except OSError as error:
+                outcome = repr(error)
+            self.results.append((sent, time.time(), outcome))
+            index += 1
+
+    def __enter__(self) -> "Load":
+        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(self.workers)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=60)
+
+    def failures(self, since: float) -> list[tuple[float, float, str]]:
+        return [r for r in self.results if r[1] >= since and r[2] != "ok"]
+
+
+def stubs(server: LocalTriton) -> dict[str, int]:
+    """instance name -> pid of the server's Python backend stubs."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+            stat = (cmdline.parent / "stat").read_text()
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"triton_python_backend_stub") and \
+                int(stat.rsplit(") ", 1)[1].split()[2]) == server.process.pid:
+            found[argv[-3].decode() if argv[-1] == b"" else argv[-2].decode()] = int(cmdline.parent.name)
+    return found
+
+
+def log_events(server: LocalTriton, after: float) -> list[tuple[float, str]]:
+    events = []
+    for stamp, message in LOG_TIME.findall(server.log.read_text(errors="replace")):
+        when = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        if when >= after - 0.001:
+            events.append((when, message))
+    return events
+
+
+def wait_for(condition, timeout: float, interval: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    return condition()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_artifacts, serve, tmp_path_factory) -> LocalTriton:
+    build_dir = tmp_path_factory.mktemp("build-supervisor")
+    assert make_image(tiny_artifacts("bert"), build_dir, "--no-build").returncode == 0
+    return serve(build_dir / MODEL / "context" / "model_repository", build_dir / "server.log", build_dir)
+
+
+@pytest.fixture(scope="module")
+def expected(server: LocalTriton) -> dict[str, str]:
+    return {text: infer(server.http_url, text) for text in TEXTS}
+
+
+INSTANCES = ["text_preprocessing_0_0", "model_onnx_0_0", "model_onnx_0_1", "post_processing_0_0"]
+
+
+@pytest.mark.parametrize("instance", INSTANCES)
+def test_killed_stub_is_detected_and_its_model_reloaded_under_load(server: LocalTriton, expected: dict[str, str],
+                                                                   instance: str) -> None:
+    before = stubs(server)
+    assert sorted(before) == sorted(INSTANCES), before
+    with Load(server.http_url, expected) as load:
+        time.sleep(1.0)
+        killed = time.time()
+        os.kill(before[instance], signal.SIGKILL)
+        recovered = wait_for(lambda: [t for t, m in log_events(server, killed) if m.startswith("recovered in")],
+                             RECOVERY_LIMIT_S + 5, 0.1)
+        time.sleep(1.0)  # correct answers go on after the recovery
+    assert recovered, server.log_text()
+    events = log_events(server, killed)
+    detected = next(t for t, m in events if "backend process(es) died" in m and instance in m)
+    failed = load.failures(killed)
+    after = [r for r in load.results if r[0] > recovered[0]]
+    detection, recovery = detected - killed, recovered[0] - killed
+    print(f"\n{instance}: detected in {detection:.2f}s, correct answers again {recovery:.2f}s after the kill, "
+          f"{len(failed)} failed of {sum(1 for r in load.results if r[1] >= killed)} requests during the event "
+          f"({load.workers} clients)")
+    assert detection <= DETECTION_LIMIT_S
+    assert recovery <= RECOVERY_LIMIT_S
+    assert after and all(outcome == "ok" for _, _, outcome in after), after[:5]
+    assert not failed, failed[:5]
+    now = stubs(server)
+    assert sorted(now) == sorted(INSTANCES) and now[instance] != before[instance], (before, now)
+    untouched = [i for i in INSTANCES if i.rsplit("_", 2)[0] != instance.rsplit("_", 2)[0]]
+    assert all(now[i] == before[i] for i in untouched), "a model whose processes lived was reloaded too"
+    assert ready(server.http_url) == 200
+
+
+def test_readiness_is_false_while_recovering(server: LocalTriton, expected: dict[str, str]) -> None:
+    """Readiness (HTTP and gRPC) turns false when a stub dies, before the model is back."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(server.grpc_url)
+    seen: list[tuple[int, bool]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            try:
+                seen.append((ready(server.http_url), client.is_server_ready()))
+            except Exception:  # noqa: BLE001 - a refused call is not "ready"
+                seen.append((0, False))
+
+    thread = threading.Thread(target=watch, daemon=True)
+    thread.start()
+    try:
+        time.sleep(0.3)
+        killed = time.time()
+        os.kill(stubs(server)["post_processing_0_0"], signal.SIGKILL)
+        assert wait_for(lambda: any(m.startswith("recovered in") for _, m in log_events(server, killed)), 60, 0.1)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    assert seen[0] == (200, True) and seen[-1] == (200, True), seen[:3] + seen[-3:]
+    assert (503, False) in seen, f"readiness never turned false: {sorted(set(seen))}"
+    assert infer(server.http_url, TEXTS[0]) == expected[TEXTS[0]]
+
+
+def test_sigterm_drains_16_requests_in_flight(server: LocalTriton, expected: dict[str, str]) -> None:
+    """Last (stops the server). SIGTERM to the gateway only, as `docker stop` sends it to PID 1."""
+    with Load(server.http_url, expected, workers=16) as load:
+        time.sleep(1.5)
+        signalled = time.time()
+        os.kill(server.process.pid, signal.SIGTERM)
+        readiness = ready(server.http_url)
+        status = server.process.wait(timeout=40)
+        exited = time.time()
+    in_flight = [r for r in load.results if r[0] < signalled < r[1]]
+    before = [r for r in load.results if r[0] < signalled]
+    bad = [r for r in before if r[2] != "ok"]
+    print(f"\ndrain: {len(in_flight)} requests in flight at SIGTERM, {len(before)} sent before it, {len(bad)} of "
+          f"them failed; readiness right after SIGTERM: {readiness}; exit status {status} after "
+          f"{exited - signalled:.2f}s")
+    assert readiness in (0, 503)
+    assert not bad, bad[:5]
+    assert len(in_flight) >= 8, "the load did not keep requests in flight"
+    assert status == 0, server.log_text()
+    assert exited - signalled < 30
+    assert "drained in" in server.log_text()
