@@ -1,9 +1,9 @@
 # The serving image: Triton Inference Server with the assembled model repository.
 # Built by make_triton_image.sh from build/<model_name>/context/ (this file is copied there).
-#   NGC base (default):  --build-arg TRITON_RELEASE=24.10   -> nvcr.io/nvidia/tritonserver:24.10-py3
+#   NGC base (default):  --build-arg TRITON_RELEASE=26.07   -> nvcr.io/nvidia/tritonserver:26.07-py3
 #   any other base:      --build-arg BASE_IMAGE=<image laid out like the NGC one>
 #   offline install:     --build-arg WHEELHOUSE=1 with the wheels in the context's wheels/
-ARG TRITON_RELEASE=24.10
+ARG TRITON_RELEASE=26.07
 ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3
 FROM ${BASE_IMAGE}
 

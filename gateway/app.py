@@ -55,8 +55,8 @@ class Gateway:
         self.ports = tritonserver.InternalPorts.pick()
         self.triton = tritonserver.TritonProcess(
             tritonserver.command(settings.tritonserver, self.ports, admin_key, settings.triton_exit_timeout_s))
-        self.http = HttpFront(self.ports.http, settings.limits, self.health, settings.unchecked)
-        self.grpc = GrpcFront(self.ports.grpc, settings.limits, self.health, settings.unchecked)
+        self.http = HttpFront(self.ports.http, settings.limits, self.health)
+        self.grpc = GrpcFront(self.ports.grpc, settings.limits, self.health)
         self.stop_requested: asyncio.Event | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.signals = 0
@@ -69,6 +69,9 @@ class Gateway:
         grpc_probe = _listen(self.settings.host, self.settings.grpc_port, "gRPC")
         grpc_probe.close()  # gRPC binds its own socket once the models' limits are known
         self.triton.start()
+        # Internal: clients use the public ports. (bench/ reads this line to measure what the front costs.)
+        log.info("tritonserver's own ports (internal, 127.0.0.1): HTTP %d, gRPC %d, metrics %d",
+                 self.ports.http, self.ports.grpc, self.ports.metrics)
         return asyncio.run(self._main(http_socket, metrics_socket))
 
     async def _main(self, http_socket: socket.socket, metrics_socket: socket.socket) -> int:

@@ -29,10 +29,9 @@ def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, A
 
 
 class GrpcFront:
-    def __init__(self, upstream_port: int, limits: Limits, health: Health, unchecked: bool = False) -> None:
+    def __init__(self, upstream_port: int, limits: Limits, health: Health) -> None:
         self.limits = limits
         self.health = health
-        self.unchecked = unchecked
         self.catalog = Catalog(models={}, limits=limits)
         self.supervisor = None  # set by the app
         self.upstream = f"127.0.0.1:{upstream_port}"
@@ -105,13 +104,12 @@ class GrpcFront:
         return request
 
     async def _infer(self, raw: bytes, context: grpc.aio.ServicerContext, forward) -> bytes:
-        if not self.unchecked:
-            try:
-                self._check(raw)
-            except Rejected as rejected:
-                await context.abort(getattr(grpc.StatusCode, rejected.grpc_code), rejected.message)
-            except Exception as failure:  # DecodeError
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable ModelInferRequest: {failure}")
+        try:
+            self._check(raw)
+        except Rejected as rejected:
+            await context.abort(getattr(grpc.StatusCode, rejected.grpc_code), rejected.message)
+        except Exception as failure:  # DecodeError
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable ModelInferRequest: {failure}")
         await self.health.wait_not_recovering(self._timeout(context))
         supervisor = self.supervisor
         generation = supervisor.generation if supervisor is not None else 0
@@ -137,15 +135,14 @@ class GrpcFront:
         async def pump() -> None:
             try:
                 async for raw in requests:
-                    if not self.unchecked:
-                        try:
-                            self._check(raw)
-                        except Rejected as rejected:
-                            await out.put(_stream_error(raw, rejected.message))
-                            continue
-                        except Exception as failure:
-                            await out.put(_stream_error(b"", f"unreadable ModelInferRequest: {failure}"))
-                            continue
+                    try:
+                        self._check(raw)
+                    except Rejected as rejected:
+                        await out.put(_stream_error(raw, rejected.message))
+                        continue
+                    except Exception as failure:
+                        await out.put(_stream_error(b"", f"unreadable ModelInferRequest: {failure}"))
+                        continue
                     await self.health.wait_not_recovering(self.limits.upstream_timeout_s)
                     await call.write(raw)
             finally:

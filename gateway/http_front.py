@@ -37,11 +37,10 @@ def error(status: int, message: str, close: bool = False) -> web.Response:
 
 
 class HttpFront:
-    def __init__(self, upstream_port: int, limits: Limits, health: Health, unchecked: bool = False) -> None:
+    def __init__(self, upstream_port: int, limits: Limits, health: Health) -> None:
         self.upstream = f"http://127.0.0.1:{upstream_port}"
         self.limits = limits
         self.health = health
-        self.unchecked = unchecked
         self.catalog = Catalog(models={}, limits=limits)
         self.supervisor = None  # set by the app once the supervisor exists
         self.session: aiohttp.ClientSession | None = None
@@ -155,8 +154,7 @@ class HttpFront:
                 headers["Content-Type"] = BINARY
                 return body, headers
             headers["Content-Type"] = JSON
-            if not self.unchecked:
-                self._check_infer_json(body, model_name, kind)
+            self._check_infer_json(body, model_name, kind)
             return body, headers
         value = header_length.strip()
         if not value.isdigit() or len(value) > 12 or int(value) > len(body):
@@ -165,7 +163,7 @@ class HttpFront:
         length = int(value)
         headers["Content-Type"] = BINARY
         headers[INFER_HEADER] = str(length)
-        if length and not self.unchecked:  # 0: a raw binary request, the whole body is one input's data
+        if length:  # 0: a raw binary request, the whole body is one input's data
             self._check_infer_json(body[:length], model_name, kind)
         return body, headers
 
@@ -179,7 +177,7 @@ class HttpFront:
         body: bytes | None = None
         if request.method == "POST":
             body = await self.read_body(request, self.limits.body_overhead_bytes)
-            if body and not self.unchecked:
+            if body:
                 checks.parse_json(body, self.limits.max_json_depth)
             headers["Content-Type"] = JSON
         elif request.content_length:

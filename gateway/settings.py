@@ -47,8 +47,7 @@ class Settings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     drain_delay_s: float = 0.0  # after SIGTERM, keep serving (readiness already 503) this long before closing
     drain_timeout_s: float = 15.0  # then wait at most this long for the requests in flight
-    triton_exit_timeout_s: int = 10  # tritonserver --exit-timeout-secs
-    unchecked: bool = False  # bench only: forward without any check (see --unsafe-no-checks)
+    triton_exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs (after the drain nothing is in flight)
 
 
 def _env(name: str, default: object) -> str:
@@ -90,8 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
              "sending first [TRITONED_DRAIN_DELAY] (default 0)")
     add("--drain-timeout", type=float, default=float(_env("DRAIN_TIMEOUT", 15)),
         help="then seconds to wait for the requests in flight [TRITONED_DRAIN_TIMEOUT] (default 15)")
-    add("--triton-exit-timeout", type=int, default=int(_env("TRITON_EXIT_TIMEOUT", 10)),
-        help="tritonserver --exit-timeout-secs [TRITONED_TRITON_EXIT_TIMEOUT] (default 10)")
+    add("--triton-exit-timeout", type=int, default=int(_env("TRITON_EXIT_TIMEOUT", 5)),
+        help="tritonserver --exit-timeout-secs, once the requests in flight are answered; the gateway kills it 5 s "
+             "later [TRITONED_TRITON_EXIT_TIMEOUT] (default 5)")
     add("--watch-interval", type=float, default=float(_env("WATCH_INTERVAL", supervisor.watch_interval_s)),
         help=f"seconds between checks of the backend processes [TRITONED_WATCH_INTERVAL] "
              f"(default {supervisor.watch_interval_s:g})")
@@ -107,8 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--max-recoveries", type=int, default=int(_env("MAX_RECOVERIES", supervisor.max_recoveries)),
         help="reloads allowed within 10 minutes before the gateway exits non-zero instead "
              f"[TRITONED_MAX_RECOVERIES] (default {supervisor.max_recoveries})")
-    add("--unsafe-no-checks", action="store_true", default=_env("UNSAFE_NO_CHECKS", "") == "1",
-        help=argparse.SUPPRESS)  # bench/ only: forwards requests unchecked, to measure what the checks cost
     add("tritonserver", nargs=argparse.REMAINDER,
         help="-- then the tritonserver executable and its arguments")
     return parser
@@ -138,4 +136,4 @@ def parse(argv: list[str] | None = None) -> Settings:
             probe_timeout_s=args.probe_timeout, probe_failures=args.probe_failures,
             recovery_timeout_s=args.recovery_timeout, max_recoveries=args.max_recoveries),
         drain_delay_s=args.drain_delay, drain_timeout_s=args.drain_timeout,
-        triton_exit_timeout_s=args.triton_exit_timeout, unchecked=args.unsafe_no_checks)
+        triton_exit_timeout_s=args.triton_exit_timeout)

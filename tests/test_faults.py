@@ -220,6 +220,8 @@ def test_missing_model_onnx_never_serves(launch, private_repository: Path, bert:
 
     assert not server.is_ready()
     assert not client.is_model_ready("model_onnx") and not client.is_model_ready(MODEL_NAME)
+    log = server.log.read_text(errors="replace")  # no "ready" banner, no curl for a model that is not loaded
+    assert "Triton is ready" not in log and "curl" not in log, log[-3000:]
     inp = httpclient.InferInput("text_input", [1, 1], "BYTES")
     inp.set_data_from_numpy(np.array([[TEXTS[0].encode()]], dtype=np.object_))
     with pytest.raises(InferenceServerException) as raised:

@@ -8,85 +8,22 @@ SIGTERM with 16 requests in flight: readiness turns 503 at once, every request s
 The figures are printed (pytest -s) and the README quotes them."""
 from __future__ import annotations
 
-import datetime as dt
-import json
 import os
 import re
 import signal
 import threading
 import time
-import urllib.error
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
 from conftest import make_image
 from local_triton import LocalTriton
+from traffic import TEXTS, Load, gateway_events, infer, ready
 
 MODEL = "ensemble_model"
-TEXTS = ["where is my order", "помогите мне", "thank you very much", "the app crashes when I log in"]
 DETECTION_LIMIT_S = 10
 RECOVERY_LIMIT_S = 60
-LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) tritoned \w+ [\w.]+: (.*)$", re.M)
-
-
-def infer(address: str, text: str, timeout: float = 30) -> str:
-    body = json.dumps({"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1, 1], "data": [text]}]})
-    request = urllib.request.Request(f"http://{address}/v2/models/{MODEL}/infer", data=body.encode(),
-                                     headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        return {o["name"]: o["data"] for o in json.load(response)["outputs"]}["label"][0]
-
-
-def ready(address: str) -> int:
-    try:
-        with urllib.request.urlopen(f"http://{address}/v2/health/ready", timeout=5) as response:
-            return response.status
-    except urllib.error.HTTPError as error:
-        return error.code
-    except OSError:
-        return 0
-
-
-@dataclass
-class Load:
-    """`workers` threads, each sending the next request as soon as the last one is answered."""
-
-    address: str
-    expected: dict[str, str]
-    workers: int = 4
-    results: list[tuple[float, float, str]] = field(default_factory=list)  # (sent, answered, "ok" or the error)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def run(self, index: int) -> None:
-        while not self.stop.is_set():
-            text = TEXTS[index % len(TEXTS)]
-            sent = time.time()
-            try:
-                label = infer(self.address, text)
-                outcome = "ok" if label == self.expected[text] else f"wrong label {label}"
-            except urllib.error.HTTPError as error:
-                outcome = f"HTTP {error.code}: {error.read()[:200]!r}"
-            except OSError as error:
-                outcome = repr(error)
-            self.results.append((sent, time.time(), outcome))
-            index += 1
-
-    def __enter__(self) -> "Load":
-        self.threads = [threading.Thread(target=self.run, args=(i,), daemon=True) for i in range(self.workers)]
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(timeout=60)
-
-    def failures(self, since: float) -> list[tuple[float, float, str]]:
-        return [r for r in self.results if r[1] >= since and r[2] != "ok"]
 
 
 def stubs(server: LocalTriton) -> dict[str, int]:
@@ -105,12 +42,7 @@ def stubs(server: LocalTriton) -> dict[str, int]:
 
 
 def log_events(server: LocalTriton, after: float) -> list[tuple[float, str]]:
-    events = []
-    for stamp, message in LOG_TIME.findall(server.log.read_text(errors="replace")):
-        when = dt.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        if when >= after - 0.001:
-            events.append((when, message))
-    return events
+    return gateway_events(server.log.read_text(errors="replace"), after)
 
 
 def wait_for(condition, timeout: float, interval: float = 0.05):
