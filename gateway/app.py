@@ -84,7 +84,7 @@ class Gateway:
         self.http.supervisor = self.grpc.supervisor = supervisor
         # auto_decompress=False: compressed bodies are inflated by the front itself, with a bound (checks.inflate).
         runner = web.AppRunner(self.http.app(), access_log=None, handle_signals=False, auto_decompress=False,
-                               shutdown_timeout=self.settings.drain_timeout_s)
+                               shutdown_timeout=2.0)  # the drain itself waits for the requests (see _drain)
         metrics_runner = web.AppRunner(await metrics_app(self.ports.metrics), access_log=None, handle_signals=False,
                                        auto_decompress=False)
         await runner.setup()
@@ -167,19 +167,31 @@ class Gateway:
         while not self.triton.reap():
             await asyncio.sleep(0.2)
 
-    async def _drain(self, runner: web.AppRunner, grpc_server) -> int:
-        """Readiness is 503 already. Keep serving for the drain delay, then stop accepting and wait for the
-        requests in flight (at most the drain timeout)."""
+    async def _drain(self, runner: web.AppRunner, grpc_server: grpc.aio.Server | None) -> int:
+        """Readiness is 503 already. Keep serving for the drain delay, then stop accepting connections and wait for
+        every request being handled (at most the drain timeout). (Not aiohttp's own graceful shutdown: it stops
+        reading connections whose request body is still arriving, and such a request would hang until the
+        timeout.)"""
         started = time.monotonic()
         if self.settings.drain_delay_s > 0:
             await asyncio.sleep(self.settings.drain_delay_s)
-        grace = self.settings.drain_timeout_s
-        waits = [runner.cleanup()]  # stop listening, close idle connections, wait for the requests in flight
-        if grpc_server is not None:
-            waits.append(grpc_server.stop(grace))
-        await asyncio.gather(*waits, return_exceptions=True)
-        log.info("drained in %.2fs: every request accepted was answered; stopping tritonserver",
-                 time.monotonic() - started)
+        for site in list(runner.sites):
+            await site.stop()  # no new connections; open ones are served, each answer says Connection: close
+        grpc_stopped = asyncio.ensure_future(grpc_server.stop(self.settings.drain_timeout_s)) \
+            if grpc_server is not None else None
+        deadline = started + self.settings.drain_delay_s + self.settings.drain_timeout_s
+        while self.http.in_flight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        left = self.http.in_flight
+        await runner.cleanup()  # closes the idle connections
+        if grpc_stopped is not None:
+            await grpc_stopped
+        if left:
+            log.warning("drain timeout (%gs): %d HTTP request(s) still in flight were cut off",
+                        self.settings.drain_timeout_s, left)
+        else:
+            log.info("drained in %.2fs: every request accepted was answered; stopping tritonserver",
+                     time.monotonic() - started)
         self.health.set(Phase.STOPPING, "drained")
         return 0
 

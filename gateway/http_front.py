@@ -44,6 +44,7 @@ class HttpFront:
         self.catalog = Catalog(models={}, limits=limits)
         self.supervisor = None  # set by the app once the supervisor exists
         self.session: aiohttp.ClientSession | None = None
+        self.in_flight = 0  # requests being handled: the drain waits for them
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1)  # bodies are read by read_body() with their own limit
@@ -84,6 +85,16 @@ class HttpFront:
         return None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.in_flight += 1
+        try:
+            response = await self._route(request)
+        finally:
+            self.in_flight -= 1
+        if self.health.ending and not response.prepared:
+            response.force_close()  # draining: the client's next request goes to another server
+        return response
+
+    async def _route(self, request: web.Request) -> web.StreamResponse:
         path = request.raw_path.split("?", 1)[0]
         method = request.method
         if method not in ("GET", "POST"):

@@ -45,7 +45,7 @@ class Settings:
     metrics_port: int = 8002
     limits: Limits = field(default_factory=Limits)
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
-    drain_delay_s: float = 0.0  # after SIGTERM, keep serving (readiness already 503) this long before closing
+    drain_delay_s: float = 1.0  # after SIGTERM, keep serving (readiness already 503) this long before closing
     drain_timeout_s: float = 15.0  # then wait at most this long for the requests in flight
     triton_exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs (after the drain nothing is in flight)
 
@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"seconds to receive a request body [TRITONED_REQUEST_TIMEOUT] (default {limits.request_timeout_s:g})")
     add("--upstream-timeout", type=float, default=float(_env("UPSTREAM_TIMEOUT", limits.upstream_timeout_s)),
         help=f"seconds Triton may take to answer [TRITONED_UPSTREAM_TIMEOUT] (default {limits.upstream_timeout_s:g})")
-    add("--drain-delay", type=float, default=float(_env("DRAIN_DELAY", 0)),
+    add("--drain-delay", type=float, default=float(_env("DRAIN_DELAY", 1)),
         help="after SIGTERM, seconds to keep serving with readiness already 503, so that load balancers stop "
-             "sending first [TRITONED_DRAIN_DELAY] (default 0)")
+             "sending first and connections being opened are still accepted [TRITONED_DRAIN_DELAY] (default 1; "
+             "behind a Kubernetes Service: 5 or more)")
     add("--drain-timeout", type=float, default=float(_env("DRAIN_TIMEOUT", 15)),
         help="then seconds to wait for the requests in flight [TRITONED_DRAIN_TIMEOUT] (default 15)")
     add("--triton-exit-timeout", type=int, default=int(_env("TRITON_EXIT_TIMEOUT", 5)),
