@@ -180,6 +180,9 @@ class HttpFront:
 
     def _check_infer_json(self, data: bytes, model_name: str, kind: str) -> None:
         parsed = checks.parse_json(data, self.limits.max_json_depth)
+        if kind == "infer" and not (isinstance(parsed, dict) and isinstance(parsed.get("inputs"), list)):
+            raise checks.invalid("Unable to parse 'inputs': an inference request is a JSON object with an 'inputs' "
+                                 "array")  # Triton itself answers 500 to this
         if kind == "infer":
             checks.check_topk_names(model_name, self.catalog.get(model_name), checks.topk_outputs_of_json(parsed))
 
