@@ -25,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import make_image
 from local_triton import LocalTriton
+from traffic import stubs_of_group
 
 MODEL = "ensemble_model"
 MB = 1 << 20
@@ -42,16 +43,7 @@ class Served:
 
 
 def stub_pids(server: LocalTriton) -> set[int]:
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, rest = stat.read_text().split(" (", 1)
-        except OSError:
-            continue
-        comm, fields = rest.rsplit(") ", 1)
-        if int(fields.split()[2]) == server.process.pid and comm.startswith("triton_python"):
-            pids.add(int(pid))
-    return pids
+    return set(stubs_of_group(server.process.pid).values())
 
 
 def grpc_text(texts: list[str]) -> grpcclient.InferInput:

@@ -13,13 +13,12 @@ import re
 import signal
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import make_image
 from local_triton import LocalTriton
-from traffic import TEXTS, Load, gateway_events, infer, ready
+from traffic import TEXTS, Load, gateway_events, infer, ready, stubs_of_group
 
 MODEL = "ensemble_model"
 DETECTION_LIMIT_S = 10
@@ -27,18 +26,7 @@ RECOVERY_LIMIT_S = 60
 
 
 def stubs(server: LocalTriton) -> dict[str, int]:
-    """instance name -> pid of the server's Python backend stubs."""
-    found = {}
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            argv = cmdline.read_bytes().split(b"\0")
-            stat = (cmdline.parent / "stat").read_text()
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"triton_python_backend_stub") and \
-                int(stat.rsplit(") ", 1)[1].split()[2]) == server.process.pid:
-            found[argv[-3].decode() if argv[-1] == b"" else argv[-2].decode()] = int(cmdline.parent.name)
-    return found
+    return stubs_of_group(server.process.pid)
 
 
 def log_events(server: LocalTriton, after: float) -> list[tuple[float, str]]:

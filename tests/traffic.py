@@ -11,6 +11,7 @@ import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
 MODEL = "ensemble_model"
 LOG_LINE = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) tritoned \w+ [\w.]+: (.*)$", re.M)
@@ -94,3 +95,19 @@ def recovery_figures(log: str, killed: float, instance: str) -> tuple[float, flo
     if not detected or not recovered:
         return None
     return detected[0] - killed, recovered[0] - killed
+
+
+def stubs_of_group(group: int) -> dict[str, int]:
+    """instance name -> pid of the Python backend stubs in process group `group` (a server started by
+    serve_local.sh: the gateway leads the group, tritonserver and the stubs are in it)."""
+    found = {}
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            argv = cmdline.read_bytes().split(b"\0")
+            stat = (cmdline.parent / "stat").read_text()
+        except OSError:
+            continue
+        if argv and argv[0].endswith(b"triton_python_backend_stub") and \
+                int(stat.rsplit(") ", 1)[1].split()[2]) == group:
+            found[argv[-3].decode() if argv[-1] == b"" else argv[-2].decode()] = int(cmdline.parent.name)
+    return found
