@@ -13,6 +13,7 @@ import re
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -119,6 +120,20 @@ def test_readiness_is_false_while_recovering(server: LocalTriton, expected: dict
     assert seen[0] == (200, True) and seen[-1] == (200, True), seen[:3] + seen[-3:]
     assert (503, False) in seen, f"readiness never turned false: {sorted(set(seen))}"
     assert infer(server.http_url, TEXTS[0]) == expected[TEXTS[0]]
+
+
+def test_local_healthcheck_command(server: LocalTriton) -> None:
+    """python -m gateway.healthcheck: 0 when the probe text comes back with a label, 1 when it cannot."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    command = [sys.executable, "-m", "gateway.healthcheck", "--url", server.http_url]
+    ok = subprocess.run([*command, "--model", MODEL], capture_output=True, text=True, cwd=root, timeout=30)
+    assert ok.returncode == 0 and "healthy" in ok.stdout, ok
+    for extra in (["--model", "post_processing"], ["--model", "no_such_model"]):  # not text in / not there
+        bad = subprocess.run([*command, *extra], capture_output=True, text=True, cwd=root, timeout=30)
+        assert bad.returncode == 1 and "unhealthy" in bad.stderr, (extra, bad)
 
 
 def test_sigterm_drains_16_requests_in_flight(server: LocalTriton, expected: dict[str, str]) -> None:
