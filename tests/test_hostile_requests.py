@@ -1,6 +1,6 @@
 """Hostile requests against the real local server (serve_local.sh: tritonserver 2.51 behind the gateway).
 
-Each of these requests killed a bare Triton 2.51 (issue 15: SIGFPE for top-k on a string output, SIGSEGV for
+Each of these requests killed a bare Triton 2.51 (SIGFPE for top-k on a string output, SIGSEGV for
 deep JSON and for a large form-urlencoded body, on every HTTP endpoint and on the metrics port). Here each gets a
 right answer or the documented rejection (HTTP 413/400, gRPC RESOURCE_EXHAUSTED/INVALID_ARGUMENT), and right
 after each the server still answers a normal request correctly over HTTP and gRPC with the same backend
