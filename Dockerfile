@@ -1,9 +1,9 @@
 # The serving image: Triton Inference Server with the assembled model repository.
 # Built by make_triton_image.sh from build/<model_name>/context/ (this file is copied there).
-#   NGC base (default):  --build-arg TRITON_RELEASE=24.10   -> nvcr.io/nvidia/tritonserver:24.10-py3
+#   NGC base (default):  --build-arg TRITON_RELEASE=26.07   -> nvcr.io/nvidia/tritonserver:26.07-py3
 #   any other base:      --build-arg BASE_IMAGE=<image laid out like the NGC one>
 #   offline install:     --build-arg WHEELHOUSE=1 with the wheels in the context's wheels/
-ARG TRITON_RELEASE=24.10
+ARG TRITON_RELEASE=26.07
 ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3
 FROM ${BASE_IMAGE}
 
@@ -25,18 +25,19 @@ RUN if [ "$WHEELHOUSE" = "1" ]; then \
 
 # Owned by root and not writable by the server's user: the model repository is read-only to Triton.
 COPY model_repository/ /models/
-# The entrypoint (docker/serve_image.sh) and the lock-down it shares with serve_local.sh.
-COPY serve_image.sh lockdown.sh /opt/tritoned/
+# The entrypoint (docker/serve_image.sh), the liveness check and the gateway they run (the same as serve_local.sh's).
+COPY serve_image.sh healthcheck /opt/tritoned/
+COPY gateway/ /opt/tritoned/gateway/
 
 # uid 1000 is the user triton-server of the NGC image (and of the stand-in base).
 USER 1000
 EXPOSE 8000 8001 8002
 
-HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
-  CMD ["python3", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4).status != 200)"]
+# End to end: a probe text through the public port 8000 must come back with a label (within 4 s).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD ["/opt/tritoned/healthcheck"]
 
-# Triton on /models with only inference, health, metadata and statistics open; it execs tritonserver, so
-# SIGTERM reaches it. Arguments of docker run go to tritonserver; -e TRITONED_ADMIN_KEY=... opens the
-# restricted APIs to requests with that key (see /opt/tritoned/serve_image.sh --help).
+# The gateway (PID 1 after exec) serves 8000/8001/8002 and runs tritonserver on /models behind it; SIGTERM drains.
+# Arguments of docker run go to tritonserver; -e TRITONED_ADMIN_KEY=... opens the restricted APIs to requests
+# with that key; -e TRITONED_...=... sets the gateway's limits (see /opt/tritoned/serve_image.sh --help).
 ENTRYPOINT ["/opt/tritoned/serve_image.sh"]
 CMD []

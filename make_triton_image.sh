@@ -9,7 +9,9 @@ RESERVED_NAMES=(text_preprocessing model_onnx post_processing)
 # Directories in build/ that are not a model's: the README's converter output and wheelhouse, and the tools' own.
 BUILD_DIRS=(artifacts wheels demo bench soak standin triton_backends)
 NGC_IMAGE="nvcr.io/nvidia/tritonserver"
-DEFAULT_RELEASE="24.10"
+# Triton 2.71.0 (Ubuntu 24.04, Python 3.12, ONNX Runtime 1.27): the newest tagged release; it has every upstream fix
+# listed in release_defects below. README: "Безопасность" (Security).
+DEFAULT_RELEASE="26.07"
 
 usage() {
   cat <<USAGE
@@ -32,6 +34,7 @@ build/MODEL_NAME/context/ (replaced as a whole on every run; ./cleanup.sh remove
 Options:
   --no-build               assemble only; serve it with ./serve_local.sh MODEL_NAME
   --triton-release R       NGC base nvcr.io/nvidia/tritonserver:R-py3        (default: $DEFAULT_RELEASE)
+                           an older release gets a warning naming its known defects
   --base-image IMAGE       any other base laid out like the NGC image
   --standin                the stand-in base with the same Triton 2.51, for testing where NGC
                            can't be pulled: built (or reused) by docker/standin/build_standin.sh
@@ -68,6 +71,7 @@ die() { echo "make_triton_image.sh: $*" >&2; exit 2; }
 NO_BUILD=0
 STANDIN=0
 BASE_IMAGE="$NGC_IMAGE:$DEFAULT_RELEASE-py3"
+TRITON_RELEASE="$DEFAULT_RELEASE"
 WHEELHOUSE=""
 POSITIONAL=()
 export PREPROCESSING_INSTANCES=1 MODEL_INSTANCES=2 ORT_INTRA_OP_THREADS=1 BATCH_DELAY_US=0  # see --help; bench/
@@ -79,7 +83,7 @@ parse_args() {
     case "$1" in
       -h|--help) usage; exit 0 ;;
       --no-build) NO_BUILD=1 ;;
-      --triton-release) need_value "$@"; BASE_IMAGE="$NGC_IMAGE:$2-py3"; shift ;;
+      --triton-release) need_value "$@"; TRITON_RELEASE="$2"; BASE_IMAGE="$NGC_IMAGE:$2-py3"; shift ;;
       --base-image) need_value "$@"; BASE_IMAGE="$2"; shift ;;
       --standin) STANDIN=1 ;;
       --wheelhouse) need_value "$@"; WHEELHOUSE="$2"; shift ;;
@@ -183,8 +187,10 @@ assemble() {
   done
   find "$repo" -name '__pycache__' -prune -exec rm -rf {} +
   "$ROOT/process_template.sh" "$repo"
-  cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$ROOT/docker/serve_image.sh" "$ROOT/docker/lockdown.sh" \
+  cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$ROOT/docker/serve_image.sh" "$ROOT/docker/healthcheck" \
      "$staging/context/"
+  mkdir -p "$staging/context/gateway"
+  cp "$ROOT"/gateway/*.py "$staging/context/gateway/"
   mkdir -p "$staging/context/wheels"  # the Dockerfile copies it; empty unless --wheelhouse
   [[ -z "$WHEELHOUSE" ]] || cp "$WHEELHOUSE"/*.whl "$staging/context/wheels/"
 }
@@ -195,6 +201,44 @@ docker_build() {
   [[ -z "$WHEELHOUSE" ]] || args+=(--build-arg "WHEELHOUSE=1")
   echo "Building image $image from $BASE_IMAGE" >&2
   docker build "${args[@]}" "$context"
+}
+
+# Known defects of NGC release $1 (YY.MM) that later releases fix, one per line (none for $DEFAULT_RELEASE).
+# The gateway in front of tritonserver mitigates each of them (README: "Безопасность"); the warning says so.
+release_defects() {
+  local release="$1" yy mm number
+  if [[ ! "$release" =~ ^([0-9]{2})\.([0-9]{2}) ]]; then
+    echo "release '$release' is not YY.MM: its defects are unknown to this script"
+    return 0
+  fi
+  yy="${BASH_REMATCH[1]}" mm="${BASH_REMATCH[2]}"
+  number=$((10#$yy * 100 + 10#$mm))
+  if (( number < 2507 )); then
+    echo "CVE-2025-23319, CVE-2025-23320, CVE-2025-23334: Python backend shared-memory flaws, remotely exploitable (fixed in 25.07)"
+    echo "top-k (classification) asked of a string output kills the server with SIGFPE (fixed in 25.07)"
+    echo "stack allocation per chunk of a chunked HTTP body (fixed in 25.07)"
+  fi
+  if (( number < 2510 )); then
+    echo "stack allocation while inflating a gzip/deflate request body (fixed in 25.10)"
+  fi
+  if (( number < 2605 )); then
+    echo "deeply nested request JSON overflows the stack: SIGSEGV (fixed in 26.05)"
+  fi
+  if (( number < 2604 )); then
+    echo "a dead Python backend process leaves readiness at 200 (fixed in 26.04)"
+  fi
+}
+
+warn_about_release() {
+  local defects
+  defects="$(release_defects "$TRITON_RELEASE")"
+  [[ -n "$defects" ]] || return 0
+  {
+    echo "make_triton_image.sh: WARNING: Triton release $TRITON_RELEASE has known defects that $DEFAULT_RELEASE (the default) fixes:"
+    while IFS= read -r line; do echo "  - $line"; done <<< "$defects"
+    echo "  The gateway in front of tritonserver refuses the requests that trigger the crashes and supervises the"
+    echo "  backend processes, but prefer the default release (README: Безопасность / Security)."
+  } >&2
 }
 
 docker_reachable() {
@@ -219,6 +263,7 @@ main() {
     compgen -G "$WHEELHOUSE/*.whl" >/dev/null || die "--wheelhouse $WHEELHOUSE holds no .whl files; fill it with pip download (see --help)"
   fi
   validate_artifacts "$(find_python)" "$model" "$tokenizer" "$id2label"
+  [[ "$BASE_IMAGE" != "$NGC_IMAGE:$TRITON_RELEASE-py3" || "$STANDIN" == 1 ]] || warn_about_release
   export_token_type_ids_snippets
   export_model_batching
 

@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# Serve an assembled model repository on this machine, without Docker, on the real Triton Inference
-# Server 2.51 that the nvidia-pytriton wheel carries, with backends/onnxruntime/model.py as the
-# Python-based "onnxruntime" backend (the NGC image uses the native one: same repository).
+# Serve an assembled model repository on this machine, without Docker, on the real Triton Inference Server 2.51
+# that the nvidia-pytriton wheel carries, with backends/onnxruntime/model.py as the Python-based "onnxruntime"
+# backend (the NGC image uses the native one: same repository). Like the image, it runs tritonserver behind the
+# gateway (gateway/: request limits, supervisor, truthful readiness, drain), which serves the public ports.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
-# RESTRICTED_APIS, ADMIN_HEADER, make_admin_key, lockdown_args: the same lock-down as the image's.
-# shellcheck source=docker/lockdown.sh
-source "$ROOT/docker/lockdown.sh"
 
 usage() {
   cat <<USAGE
@@ -16,7 +14,7 @@ Usage: ./serve_local.sh [options] [MODEL_NAME | REPOSITORY_DIR] [-- TRITONSERVER
 
 Serves build/MODEL_NAME/context/model_repository (default MODEL_NAME: ensemble_model, as assembled
 by ./make_triton_image.sh --no-build) or any REPOSITORY_DIR. Prints a curl line once the server is
-ready; Ctrl-C stops it and every backend process.
+ready; Ctrl-C stops it (requests in flight are answered first) and every backend process.
 
 Options:
   --host ADDR          address to listen on                     (default: 127.0.0.1)
@@ -25,16 +23,21 @@ Options:
   --metrics-port N     Prometheus metrics port                  (default: 8002)
   -h, --help           this help
 
-Locked down: no model loading over the API (--model-control-mode=none), and the
-$RESTRICTED_APIS APIs answer only to requests with the header
-$ADMIN_HEADER: \$TRITONED_ADMIN_KEY (gRPC metadata: triton-grpc-protocol-$ADMIN_HEADER;
-a random key when unset, i.e. closed). Inference, health, metadata and statistics stay open.
-Extra arguments after -- go to tritonserver as they are.
-Environment: TRITONED_PYTHON (default .venv/bin/python; run ./setup_venv.sh first).
+tritonserver runs behind the gateway (python -m gateway --help: limits, health, drain), with the same
+arguments and lock-down as in the image (gateway/tritonserver.py, gateway/lockdown.py):
+$(lockdown_description)
+Extra arguments after -- go to tritonserver as they are (not those the gateway owns: ports, model control).
+Environment: TRITONED_PYTHON (default .venv/bin/python; run ./setup_venv.sh first), TRITONED_* gateway
+settings (python -m gateway --help).
 USAGE
 }
 
 die() { echo "serve_local.sh: $*" >&2; exit 2; }
+
+lockdown_description() {
+  PYTHONPATH="$ROOT" "${TRITONED_PYTHON:-$ROOT/.venv/bin/python}" -m gateway.lockdown --describe 2>/dev/null \
+    || echo "(run ./setup_venv.sh to see the lock-down)"
+}
 
 HOST=127.0.0.1
 HTTP_PORT=8000
@@ -76,11 +79,28 @@ repository_dir() {
   (cd "$dir" && pwd)
 }
 
+# Refuses a directory that is not an assembled model repository (e.g. a Hugging Face checkpoint) before starting.
+check_repository() {
+  local dir="$1" config ensemble=""
+  local assemble="./make_triton_image.sh --no-build MODEL.onnx TOKENIZER_DIR ID2LABEL.json [MODEL_NAME], then ./serve_local.sh [MODEL_NAME]"
+  for config in "$dir"/*/config.pbtxt; do
+    [[ -f "$config" ]] || continue
+    if grep -Eq '^[[:space:]]*platform:[[:space:]]*"ensemble"' "$config"; then
+      ensemble="$(basename "$(dirname "$config")")"
+    fi
+  done
+  if [[ -z "$ensemble" ]]; then
+    local what="is not a model repository"
+    [[ ! -f "$dir/config.json" ]] || what="looks like a Hugging Face checkpoint, not a model repository (convert it first: .venv/bin/python utils/convert_to_onnx.py --model $dir --model-storage local --output-dir out/)"
+    die "$dir $what: expected one directory per model with a config.pbtxt (text_preprocessing, model_onnx, post_processing and an ensemble), as make_triton_image.sh assembles in build/MODEL_NAME/context/model_repository. Assemble one: $assemble"
+  fi
+}
+
 find_python() {
   local python="${TRITONED_PYTHON:-$ROOT/.venv/bin/python}"
   [[ -x "$python" ]] || die "no Python at $python: run ./setup_venv.sh first (or set TRITONED_PYTHON)"
-  "$python" -c 'import pytriton, onnxruntime, tokenizers' 2>/dev/null \
-    || die "$python lacks nvidia-pytriton/onnxruntime/tokenizers: run ./setup_venv.sh"
+  "$python" -c 'import pytriton, onnxruntime, tokenizers, aiohttp, grpc, tritonclient.grpc' 2>/dev/null \
+    || die "$python lacks nvidia-pytriton/onnxruntime/tokenizers/aiohttp/grpcio/tritonclient: run ./setup_venv.sh"
   echo "$python"
 }
 
@@ -103,22 +123,11 @@ prepare_backends() {
   echo "$dir"
 }
 
-wait_ready() {
-  local pid="$1" url="http://$HOST:$HTTP_PORT/v2/health/ready"
-  [[ "$HOST" != "0.0.0.0" ]] || url="http://127.0.0.1:$HTTP_PORT/v2/health/ready"
-  while kill -0 "$pid" 2>/dev/null; do
-    if curl -fsS -o /dev/null "$url" 2>/dev/null; then
-      return 0
-    fi
-    sleep 0.5
-  done
-  return 1
-}
-
 # Triton's Python backend keeps its shared memory in /dev/shm/<prefix><uuid> (1 MB or more each, in RAM) and
 # removes it only on a clean exit: a server killed with SIGKILL leaves its regions behind. Ours are named
-# tritoned_shm_<pid namespace>_<server pid>_<uuid>, so a later start can prove them stale (that server pid
-# no longer exists) and remove them; regions of any other server are never touched.
+# tritoned_shm_<pid namespace>_<gateway pid>_<uuid>, so a later start can prove them stale (that gateway pid
+# no longer exists) and remove them; regions of any other server are never touched. The pid is the gateway's,
+# the parent of tritonserver (which gets SIGKILL when the gateway dies).
 shm_prefix() {
   local ns
   ns="$(readlink /proc/self/ns/pid 2>/dev/null | tr -dc '0-9' || true)"
@@ -134,30 +143,18 @@ clean_stale_shm() {
     pid="${pid%%_*}"
     [[ "$pid" =~ ^[0-9]+$ && ! -e "/proc/$pid" ]] || continue
     rm -f -- "$file"
-    echo "serve_local.sh: removed stale $file (left by Triton pid $pid, which exited without cleaning up)" >&2
+    echo "serve_local.sh: removed stale $file (left by the server of pid $pid, which exited without cleaning up)" >&2
   done
-}
-
-print_try_it() {
-  local repo="$1" model name
-  for model in "$repo"/*/config.pbtxt; do
-    grep -q 'platform: "ensemble"' "$model" && name="$(basename "$(dirname "$model")")"
-  done
-  cat >&2 <<TRY
-Triton is ready: HTTP $HOST:$HTTP_PORT, gRPC $HOST:$GRPC_PORT, metrics $HOST:$METRICS_PORT. Try:
-  curl -s -X POST http://$HOST:$HTTP_PORT/v2/models/${name:-ensemble_model}/infer -d '{"inputs":[{"name":"text_input","datatype":"BYTES","shape":[1,1],"data":["помогите мне"]}]}'
-Ctrl-C stops the server.
-TRY
 }
 
 main() {
   parse_args "$@"
   command -v curl >/dev/null || die "curl not found (apt-get install curl)"
-  local repo python site libdir version backends admin_key
-  admin_key="$(make_admin_key)" || die "refusing to start"
-  lockdown_args "$admin_key"
-  repo="$(repository_dir)"
+  local repo python site libdir version backends shm
   python="$(find_python)"
+  PYTHONPATH="$ROOT" "$python" -m gateway.lockdown || die "refusing to start"
+  repo="$(repository_dir)"
+  check_repository "$repo"
   read -r site libdir version < <(python_layout "$python")
   backends="$(prepare_backends "$site" "$version")"
 
@@ -165,37 +162,17 @@ main() {
   PATH="$(dirname "$python"):$PATH"
   export PATH
   export LD_LIBRARY_PATH="$libdir:$site/nvidia_pytriton.libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-
-  local server_args=(
-    --model-repository="$repo" --backend-directory="$backends"
-    --disable-auto-complete-config
-    --strict-readiness=true --exit-on-error=true --exit-timeout-secs=5
-    --http-address="$HOST" --http-port="$HTTP_PORT"
-    --grpc-address="$HOST" --grpc-port="$GRPC_PORT"
-    --metrics-address="$HOST" --metrics-port="$METRICS_PORT"
-    "${LOCKDOWN_ARGS[@]}"
-    "${EXTRA_ARGS[@]}"
-  )
   echo "Starting Triton on $repo" >&2
-  local shm
   shm="$(shm_prefix)"
   clean_stale_shm "$shm"
-  # exec in a subshell: tritonserver keeps the subshell's pid ($BASHPID), which its region names carry.
-  (exec "$site/pytriton/tritonserver/bin/tritonserver" \
-     --backend-config=python,shm-region-prefix-name="$shm${BASHPID}_" "${server_args[@]}") &
-  local pid=$!
-  local interrupted=0 status=0
-  trap 'interrupted=1; kill -TERM "$pid" 2>/dev/null || true' INT TERM
-  if wait_ready "$pid"; then
-    print_try_it "$repo"
-  fi
-  # A trapped signal makes `wait` return early (128+signal): wait again for the server's own exit status.
-  while :; do
-    interrupted=0 status=0
-    wait "$pid" || status=$?
-    [[ "$interrupted" == 1 ]] || break
-  done
-  exit "$status"
+  # exec: the gateway keeps this script's pid ($$), which the shared-memory region names carry; tritonserver
+  # dies with it (parent-death signal), so a region whose pid is gone is provably stale.
+  PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m gateway \
+    --host "$HOST" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" -- \
+    "$site/pytriton/tritonserver/bin/tritonserver" \
+    --model-repository="$repo" --backend-directory="$backends" \
+    --backend-config=python,shm-region-prefix-name="$shm$$_" \
+    "${EXTRA_ARGS[@]}"
 }
 
 main "$@"

@@ -49,6 +49,8 @@ VARIANT_OPTIONS = {"fp32": [], "fused": ["--fuse"],
 # The raw ONNX Runtime reference is measured twice: with ONNX Runtime's defaults (spinning worker threads) and with
 # spinning off; whichever is faster in the run is "the limit" every ratio refers to.
 RAW_ENGINES = {"raw ORT": True, "raw ORT no-spin": False}
+# "direct": straight to tritonserver's internal port behind the gateway (--front-cost): what the front costs.
+SERVED_ENGINES = ("http", "grpc", "http direct", "grpc direct")
 # The project's performance goals (README, "Производительность"): served fp32 at 16 in flight >= 0.90x raw ONNX
 # Runtime on short texts and >= 0.95x on long ones, >= 1.6x the HF pipeline, p50 at 1 in flight <= raw + 3 ms,
 # int8 >= 1.3x the fp32 limit, int8 labels equal to fp32's on >= 99% of held-out texts.
@@ -74,6 +76,7 @@ class Settings:
     long_count: int
     hf: bool
     raw_threads: int
+    front_cost: bool = False
 
 
 @dataclass
@@ -83,7 +86,7 @@ class Row:
     variant: str
     config: str
     text_set: str
-    engine: str  # one of RAW_ENGINES, "HF pipeline", "http", "grpc"
+    engine: str  # one of RAW_ENGINES, "HF pipeline", "http", "grpc", "http direct", "grpc direct"
     concurrency: int
     measurement: Measurement = field(default_factory=Measurement)
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -91,7 +94,7 @@ class Row:
 
     @property
     def served(self) -> bool:
-        return self.engine in ("http", "grpc")
+        return self.engine in SERVED_ENGINES
 
     def add_stats(self, delta: dict[str, dict[str, float]]) -> None:
         for model, row in delta.items():
@@ -212,7 +215,8 @@ def measure(settings: Settings, variants: dict[str, Path], servers: dict[tuple[s
                 for (variant, config), server in servers.items():
                     if variant != name:
                         continue
-                    for protocol in settings.protocols:
+                    direct = [f"{p} direct" for p in settings.protocols] if settings.front_cost else []
+                    for protocol in [*settings.protocols, *direct]:
                         for concurrency in settings.concurrency:
                             key = (name, config, text_set, protocol, concurrency)
                             row = rows.setdefault(key, Row(name, config, text_set, protocol, concurrency))
@@ -232,8 +236,12 @@ def settle() -> None:
 
 
 def served_round(row: Row, server: LocalServer, plan: Plan, passes: int, reference: list[str]) -> None:
-    url = server.http_url if row.engine == "http" else server.grpc_url
-    workers = make_workers(row.engine, url, MODEL_NAME, plan.texts, row.concurrency, plan.bodies)
+    protocol = row.engine.split()[0]
+    if row.engine.endswith("direct"):
+        url = server.internal_urls()[0 if protocol == "http" else 1]
+    else:
+        url = server.http_url if protocol == "http" else server.grpc_url
+    workers = make_workers(protocol, url, MODEL_NAME, plan.texts, row.concurrency, plan.bodies)
     try:
         before = server.stats()
         measurement = closed_loop(workers, len(plan.texts), passes * len(plan.texts),
@@ -296,7 +304,8 @@ def table(rows: Sequence[Row]) -> tuple[str, list[dict[str, Any]]]:
         if row.engine in RAW_ENGINES and (best is None or row.measurement.texts_per_second >
                                           best.measurement.texts_per_second):
             raw[(row.variant, row.text_set)] = row
-    order = {"raw ORT": 0, "raw ORT no-spin": 1, "HF pipeline": 2, "http": 3, "grpc": 4}
+    order = {"raw ORT": 0, "raw ORT no-spin": 1, "HF pipeline": 2, "http": 3, "grpc": 4, "http direct": 5,
+             "grpc direct": 6}
     lines, records = [], []
     for row in sorted(rows, key=lambda r: (r.variant != "fp32", r.variant, r.text_set != "short", r.config != "-",
                                            r.config, order[r.engine], r.concurrency)):
@@ -391,6 +400,24 @@ def goals(records: list[dict[str, Any]], agreement_figures: dict[str, Any] | Non
     return lines
 
 
+def front_cost(records: list[dict[str, Any]]) -> list[str]:
+    """Served through the gateway vs straight to tritonserver, same server, same round (--front-cost)."""
+    lines = []
+    for r in records:
+        if r["engine"] not in ("http", "grpc"):
+            continue
+        direct = find(records, model=r["model"], config=r["config"], set=r["set"], engine=f"{r['engine']} direct",
+                      concurrency=r["concurrency"])
+        if direct:
+            d = direct[0]
+            lines.append(f"{r['model']} {r['set']:5} {r['engine']:4} c{r['concurrency']:<2} [{r['config']}]: "
+                         f"texts/s {r['texts_per_s']:.1f} vs {d['texts_per_s']:.1f} direct = "
+                         f"{r['texts_per_s'] / d['texts_per_s']:.2f}x; p50 {r['p50_ms']:.2f} vs {d['p50_ms']:.2f} ms "
+                         f"({r['p50_ms'] - d['p50_ms']:+.2f} ms); served/raw ORT {r['texts_per_s_ratio']:.2f} vs "
+                         f"{d['texts_per_s_ratio']:.2f} direct")
+    return lines
+
+
 def breakdown(records: list[dict[str, Any]]) -> list[str]:
     """Where the server's time goes, per model, per request (from /v2/models/stats)."""
     lines = []
@@ -467,6 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="smoke test: 16 short and 4 long texts, 1 round of about 0.2 s per engine; the "
                              "performance goals are not judged (only a full run judges them)")
+    parser.add_argument("--front-cost", action="store_true",
+                        help="also send every served round straight to tritonserver's internal port behind the gateway "
+                             "(\"direct\" rows, same server, interleaved) and print what the front costs")
     parser.add_argument("--json", type=Path, help="also write the results here (default WORK_DIR/results.json)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
@@ -487,7 +517,8 @@ def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> 
         parser.error("--rounds and --seconds must be positive")
     return Settings(sets=args.sets, concurrency=sorted(set(args.concurrency)), protocols=args.protocols,
                     rounds=rounds, seconds=seconds, short_count=16 if args.quick else 200,
-                    long_count=4 if args.quick else 24, hf=not args.no_hf, raw_threads=args.raw_threads)
+                    long_count=4 if args.quick else 24, hf=not args.no_hf, raw_threads=args.raw_threads,
+                    front_cost=args.front_cost)
 
 
 def resolve_models(args: argparse.Namespace, python: str) -> tuple[Path | None, Path]:
@@ -574,6 +605,10 @@ def main(argv: Sequence[str] | None = None) -> int:
               "A full run judges them: ./bench/run.sh without --quick (README, Производительность).")
     for line in goals(records, agreement_figures, judged=why_not is None):
         print(f"  {line}")
+    if settings.front_cost:
+        print("\nWhat the front (gateway) costs: through it vs straight to tritonserver, same server, same rounds:")
+        for line in front_cost(records):
+            print(f"  {line}")
     print("\nWhere the time goes (ms per request, /v2/models/stats; compute = input + infer + output):")
     for line in breakdown(records):
         print(f"  {line}")

@@ -203,6 +203,15 @@ class LocalServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def internal_urls(self) -> tuple[str, str]:
+        """(HTTP, gRPC) host:port of tritonserver itself, behind the gateway: for measuring what the front costs
+        only (these ports skip every check of the front; the gateway logs them at start)."""
+        match = re.search(r"tritonserver's own ports \(internal, 127\.0\.0\.1\): HTTP (\d+), gRPC (\d+)",
+                          self.log_tail(10**7))
+        if match is None:
+            raise ServerError(f"the gateway did not log tritonserver's internal ports:\n{self.log_tail()}")
+        return f"127.0.0.1:{match.group(1)}", f"127.0.0.1:{match.group(2)}"
+
     def stats(self) -> dict[str, dict[str, Any]]:
         """Cumulative inference statistics of every model, by name (/v2/models/stats)."""
         with urllib.request.urlopen(f"http://{self.http_url}/v2/models/stats", timeout=10) as response:

@@ -8,7 +8,10 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -24,11 +27,13 @@ from docker_helpers import (Container, Engine, EngineUnavailable, build_standin,
                             readme_curl, readme_docker_run, scan_image)
 from local_triton import free_ports
 from reference import labels_of, pytorch_probabilities
+from traffic import Load, infer, recovery_figures
 
 MODEL_NAME = "ensemble_model"
 TOLERANCE = 1e-4
 TEXTS = ["помогите мне", "where is my order", "I want a refund for this item", "спасибо за помощь 🙂"]
 STOP_LIMIT_S = 30
+MEMORY_LIMIT = "1g"  # README: what a tiny model needs; the demo model's figure is in the README
 # Set in make_triton_image.sh's environment: neither may end up anywhere in the image.
 SECRET_VARIABLES = ("HF_TOKEN", "CLEARML_API_SECRET_KEY", "CLEARML_API_ACCESS_KEY")
 ADMIN_HEADER = "tritoned-admin-key"
@@ -191,7 +196,8 @@ def test_model_repository_is_read_only_for_the_server_user(container: Container)
 
 def test_entrypoint_is_read_only_for_the_server_user(container: Container) -> None:
     """A writable entrypoint would let a compromised server change what the next `docker restart` runs."""
-    for path in ("/opt/tritoned", "/opt/tritoned/serve_image.sh", "/opt/tritoned/lockdown.sh"):
+    for path in ("/opt/tritoned", "/opt/tritoned/serve_image.sh", "/opt/tritoned/healthcheck", "/opt/tritoned/gateway",
+                 "/opt/tritoned/gateway/lockdown.py", "/opt/tritoned/gateway/app.py"):
         assert container.exec("test", "-e", path).returncode == 0, f"{path} missing"
         assert container.exec("test", "-w", path).returncode != 0, f"{path} is writable by the server's user"
 
@@ -271,7 +277,12 @@ def test_admin_key_stays_out_of_the_servers_environment(admin_container: tuple[C
     processes = [lines[i:i + 3] for i in range(0, len(lines), 3)]
     assert len(processes) >= 4, f"expected tritonserver and three stubs: {processes}"
     assert [p for p in processes if p[2] != "False"] == [], f"TRITONED_ADMIN_KEY inherited: {processes}"
-    assert ["1", "tritonserver", "False"] in processes, f"PID 1 is not tritonserver (no exec?): {processes}"
+    # PID 1 is the gateway (serve_image.sh execs it: it gets docker stop's SIGTERM); tritonserver is its child.
+    pid1 = running.exec("cat", "/proc/1/cmdline").stdout.split("\0")
+    assert pid1[:3] == ["python3", "-m", "gateway"], f"PID 1 is not the gateway (no exec?): {pid1}"
+    server = next(pid for pid, comm, _ in processes if comm == "tritonserver")
+    parent = running.exec("sh", "-c", f"cut -d' ' -f4 /proc/{server}/stat").stdout.strip()
+    assert parent == "1", f"tritonserver's parent is {parent}, not the gateway"
 
 
 def test_entrypoint_runs_a_command_and_explains_itself(built) -> None:
@@ -283,11 +294,118 @@ def test_entrypoint_runs_a_command_and_explains_itself(built) -> None:
     assert docker("run", "--rm", image, "id", "-u", timeout=60).stdout.strip() == "1000"
 
 
-def test_docker_stop_ends_it_within_30s(container: Container) -> None:
-    """Last: stops the container. A clean exit (0) means Triton handled SIGTERM, not a SIGKILL."""
-    started = time.monotonic()
-    docker("stop", "-t", str(STOP_LIMIT_S + 5), container.name, timeout=STOP_LIMIT_S + 30)
-    elapsed = time.monotonic() - started
+def stub_pids(running: Container) -> dict[str, int]:
+    """instance name -> pid of the Python backend stubs in a container."""
+    probe = ("import pathlib\n"
+             "for p in pathlib.Path('/proc').glob('[0-9]*'):\n"
+             "    try:\n"
+             "        argv = (p / 'cmdline').read_bytes().split(b'\\0')\n"
+             "    except OSError:\n"
+             "        continue\n"
+             "    if argv[0].endswith(b'triton_python_backend_stub'):\n"
+             "        print(argv[-3].decode() if argv[-1] == b'' else argv[-2].decode(), p.name)\n")
+    lines = running.exec("python3", "-c", probe).stdout.split()
+    return {lines[i]: int(lines[i + 1]) for i in range(0, len(lines), 2)}
+
+
+def test_healthcheck_says_unhealthy_when_inference_fails(container: Container) -> None:
+    """The liveness command is end to end: it fails for a model that cannot answer, or with no server."""
+    assert container.exec("/opt/tritoned/healthcheck").returncode == 0
+    for args in (["--model", "no_such_model"], ["--url", "127.0.0.1:1"]):
+        result = container.exec("/opt/tritoned/healthcheck", *args)
+        assert result.returncode == 1 and "unhealthy" in result.stderr, (args, result)
+
+
+@pytest.mark.parametrize("instance", ["text_preprocessing_0_0", "model_onnx_0_1"])
+def test_killed_stub_is_healed_in_the_container(container: Container, built, expected, instance: str) -> None:
+    """kill -9 of a model's backend process under load: correct answers again within 60 s (in place: the same
+    container, the other models' processes untouched)."""
+    before = stub_pids(container)
+    assert instance in before, before
+    labels = {text: labels_of(expected[text][None, :], built[1].labels())[0] for text in TEXTS}
+    with Load(container.url(8000), labels, workers=4, texts=TEXTS) as load:
+        time.sleep(1)
+        killed = time.time()
+        assert container.exec("kill", "-9", str(before[instance])).returncode == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and recovery_figures(container.logs(), killed, instance) is None:
+            time.sleep(0.2)
+        time.sleep(1)
+    figures = recovery_figures(container.logs(), killed, instance)
+    assert figures is not None, container.logs()
+    failed = load.failures(killed)
+    after = stub_pids(container)
+    slowest = max(r[1] - r[0] for r in load.results if r[1] >= killed)
+    print(f"\ncontainer, {instance} killed: detected in {figures[0]:.2f}s, correct answers again "
+          f"{figures[1]:.2f}s after the kill, {len(failed)} failed requests, slowest request {slowest:.2f}s")
+    assert figures[0] <= 10 and figures[1] < 60
+    assert after[instance] != before[instance] and container.state()["Running"]
+    assert not failed, failed[:5]
+    assert [r for r in load.results if r[0] > killed + figures[1] and r[2] == "ok"]
+
+
+def test_docker_stop_drains_16_requests_in_flight(container: Container, built, expected) -> None:
+    """Last: stops the container. docker stop (SIGTERM to PID 1, the gateway) with 16 requests in flight: every
+    request sent before it is answered, the container exits 0 within docker stop's grace."""
+    labels = {text: labels_of(expected[text][None, :], built[1].labels())[0] for text in TEXTS}
+    with Load(container.url(8000), labels, workers=16, texts=TEXTS) as load:
+        time.sleep(1.5)
+        signalled = time.time()
+        docker("stop", "-t", str(STOP_LIMIT_S), container.name, timeout=STOP_LIMIT_S + 30)
+        stopped = time.time()
     state = container.state()
-    assert elapsed < STOP_LIMIT_S, f"docker stop took {elapsed:.1f}s"
+    in_flight = [r for r in load.results if r[0] < signalled < r[1]]
+    bad = [r for r in load.results if r[0] < signalled and r[2] != "ok"]
+    print(f"\ndocker stop: {len(in_flight)} requests in flight, {len(bad)} of the requests sent before it failed, "
+          f"exit {state['ExitCode']} after {stopped - signalled:.2f}s")
+    assert not bad, bad[:5]
+    assert len(in_flight) >= 8, "the load did not keep requests in flight"
+    assert stopped - signalled < STOP_LIMIT_S, f"docker stop took {stopped - signalled:.1f}s"
     assert state["ExitCode"] == 0 and not state["OOMKilled"], f"{state}\n{container.logs()}"
+    assert "drained in" in container.logs()
+
+
+def test_memory_limited_read_only_container_serves_a_burst_of_largest_requests(built, expected) -> None:
+    """docker run -m MEMORY_LIMIT --read-only (only /tmp and /dev/shm writable): 16 requests of max_batch_size texts
+    of ~4 MB each at once are each served or refused, and the server answers right afterwards (any process the
+    kernel kills is healed in place, or the restart policy brings the container back)."""
+    image = built[0]
+    host_ports = dict(zip((8000, 8001, 8002), free_ports(3)))
+    name = f"tritoned-test-mem-{uuid.uuid4().hex[:10]}"
+    command = localize_run_command(readme_docker_run(ROOT / "README.md", MODEL_NAME), image, name, host_ports)
+    command = [*command[:-1], "-m", MEMORY_LIMIT, "--read-only", "--tmpfs", "/tmp", "--restart=on-failure",
+               command[-1]]
+    running = Container(command=command, name=name, host_ports=host_ports).start()
+    try:
+        running.wait_ready()
+        text = "where is my order " * (3_900_000 // 18)
+        body = json.dumps({"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [4, 1],
+                                       "data": [text] * 4}]}).encode()
+        outcomes: list[object] = []
+
+        def send() -> None:
+            request = urllib.request.Request(f"http://{running.url(8000)}/v2/models/{MODEL_NAME}/infer", data=body,
+                                             headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=120) as response:
+                    outcomes.append(response.status)
+            except urllib.error.HTTPError as error:
+                outcomes.append(error.code)
+            except OSError as error:
+                outcomes.append(repr(error))
+
+        threads = [threading.Thread(target=send) for _ in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        peak = running.exec("sh", "-c", "cat /sys/fs/cgroup/memory.peak 2>/dev/null || "
+                                        "cat /sys/fs/cgroup/memory/memory.max_usage_in_bytes").stdout.strip()
+        print(f"\n-m {MEMORY_LIMIT}: burst of 16 x 4 x 3.9 MB: {sorted(map(str, outcomes))}; cgroup memory peak "
+              f"{int(peak) / 2**20 if peak.isdigit() else peak} MiB; OOMKilled {running.state()['OOMKilled']}")
+        assert len(outcomes) == 16 and all(o == 200 or isinstance(o, int) and o >= 400 for o in outcomes), outcomes
+        running.wait_ready(timeout=60)
+        labels = {t: labels_of(expected[t][None, :], built[1].labels())[0] for t in TEXTS}
+        assert infer(running.url(8000), TEXTS[0]) == labels[TEXTS[0]]
+    finally:
+        running.remove()

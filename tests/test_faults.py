@@ -108,9 +108,10 @@ def pid_namespace() -> str:
     return "".join(c for c in os.readlink("/proc/self/ns/pid") if c.isdigit())
 
 
-def shm_regions(server_pid: int) -> list[Path]:
-    """The Python backend's shared-memory regions of one server started by serve_local.sh."""
-    return sorted(SHM.glob(f"tritoned_shm_{pid_namespace()}_{server_pid}_*"))
+def shm_regions(gateway_pid: int) -> list[Path]:
+    """The Python backend's shared-memory regions of one server started by serve_local.sh (named for the gateway
+    that runs its tritonserver)."""
+    return sorted(SHM.glob(f"tritoned_shm_{pid_namespace()}_{gateway_pid}_*"))
 
 
 def wait_gone(group: int, timeout: float = 30) -> None:
@@ -129,8 +130,8 @@ def test_restart_after_sigkill_on_the_same_ports(launch, repository: Path, bert:
     first = launch(repository, "first", ports=ports)
     assert_answers_right(first, bert, expected)
     group = first.process.pid
-    server_pid = next(pid for pid, comm in group_processes(group).items() if comm == "tritonserver")
-    left_behind = shm_regions(server_pid)
+    assert "tritonserver" in group_processes(group).values()
+    left_behind = shm_regions(group)  # named for the gateway (serve_local.sh execs it), tritonserver's parent
     assert len(left_behind) == backend_stub_count(repository) >= 3, left_behind  # one per Python backend stub
     # Regions a later start must not touch: one named for a live process (this test), one of another server.
     live = SHM / f"tritoned_shm_{pid_namespace()}_{os.getpid()}_faults-test"
@@ -152,8 +153,7 @@ def test_restart_after_sigkill_on_the_same_ports(launch, repository: Path, bert:
         for region in left_behind:
             assert f"removed stale {region}" in log, log
 
-        second_pid = next(pid for pid, comm in group_processes(second.process.pid).items() if comm == "tritonserver")
-        own = shm_regions(second_pid)
+        own = shm_regions(second.process.pid)
         assert len(own) == backend_stub_count(repository)
         assert second.interrupt() == 0, second.log_text()
         assert not any(region.exists() for region in own), "a clean stop leaves no shared memory"
@@ -220,6 +220,8 @@ def test_missing_model_onnx_never_serves(launch, private_repository: Path, bert:
 
     assert not server.is_ready()
     assert not client.is_model_ready("model_onnx") and not client.is_model_ready(MODEL_NAME)
+    log = server.log.read_text(errors="replace")  # no "ready" banner, no curl for a model that is not loaded
+    assert "Triton is ready" not in log and "curl" not in log, log[-3000:]
     inp = httpclient.InferInput("text_input", [1, 1], "BYTES")
     inp.set_data_from_numpy(np.array([[TEXTS[0].encode()]], dtype=np.object_))
     with pytest.raises(InferenceServerException) as raised:

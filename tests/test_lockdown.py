@@ -1,4 +1,4 @@
-"""The lock-down shared by serve_local.sh and the image's entrypoint (docker/lockdown.sh): one list of
+"""The lock-down shared by serve_local.sh and the image's entrypoint (gateway/lockdown.py): one list of
 restricted APIs, an admin key that opens them locally too, and unfit keys refused before anything starts.
 (tests/test_container.py checks the same in the image; tests/test_serve_local.py the closed default.)"""
 from __future__ import annotations
@@ -29,9 +29,9 @@ def test_the_restricted_api_list_lives_in_one_place() -> None:
     code = [name for name in tracked if (ROOT / name).is_file() and not name.startswith("tests/")
             and not name.endswith(".md")]  # documentation may quote the list
     holders = [name for name in code if API_LIST in (ROOT / name).read_text(errors="replace")]
-    assert holders == ["docker/lockdown.sh"], holders
+    assert holders == ["gateway/lockdown.py"], holders
     for script in ("serve_local.sh", "docker/serve_image.sh"):
-        assert "lockdown.sh" in (ROOT / script).read_text(), f"{script} does not source docker/lockdown.sh"
+        assert "-m gateway" in (ROOT / script).read_text(), f"{script} does not run tritonserver behind the gateway"
 
 
 def test_serve_image_help() -> None:

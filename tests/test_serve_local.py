@@ -72,3 +72,28 @@ def _wait_for_banner(server: LocalTriton, timeout: float = 10) -> bool:
             return True
         time.sleep(0.2)
     return False
+
+
+@pytest.mark.parametrize("layout", ["empty", "hf_checkpoint", "models_without_ensemble"])
+def test_a_directory_that_is_not_a_model_repository_is_refused_before_starting(layout: str, tmp_path: Path) -> None:
+    """Issue 14 item 1: no server starts, the message says what was expected and how to assemble a repository."""
+    import os
+    import sys
+
+    directory = tmp_path / layout
+    directory.mkdir()
+    if layout == "hf_checkpoint":
+        (directory / "config.json").write_text('{"architectures": ["BertForSequenceClassification"]}')
+        (directory / "model.safetensors").write_bytes(b"\0" * 16)
+    elif layout == "models_without_ensemble":
+        (directory / "model_onnx").mkdir()
+        (directory / "model_onnx" / "config.pbtxt").write_text('name: "model_onnx"\nbackend: "onnxruntime"\n')
+    env = {**os.environ, "TRITONED_PYTHON": sys.executable, "TRITONED_BUILD_DIR": str(tmp_path / "build")}
+    result = subprocess.run([str(Path(__file__).resolve().parent.parent / "serve_local.sh"), str(directory),
+                             "--http-port", "1"], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert "not a model repository" in result.stderr, result.stderr
+    assert "./make_triton_image.sh --no-build" in result.stderr, result.stderr
+    assert ("Hugging Face checkpoint" in result.stderr) == (layout == "hf_checkpoint"), result.stderr
+    assert "convert_to_onnx.py" in result.stderr or layout != "hf_checkpoint"
+    assert "ready" not in result.stderr and "curl" not in result.stderr and "Starting Triton" not in result.stderr
