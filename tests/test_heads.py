@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
-from conftest import Artifacts, infer_items, make_image
+from conftest import ROOT, Artifacts, infer_items, make_image
 from local_triton import LocalTriton
 from reference import Expected, expected_outputs, pipeline_answers
 
@@ -139,6 +140,19 @@ def test_top_k_by_the_classification_extension(served: Served, protocol: str) ->
         assert [label for _, _, label in classes] == [id2label[str(index)] for index in top]
         np.testing.assert_allclose([value for value, _, _ in classes], want.values[top], atol=TOLERANCE)
         assert score[1:] == (0, "") and abs(score[0] - want.score) < TOLERANCE
+
+
+@pytest.mark.skipif(not (ROOT / "gateway").is_dir(), reason="needs the gateway front (issue 15): Triton 2.51 itself "
+                    "dies of SIGFPE on top-k of a BYTES output, and only the front refuses it")
+@pytest.mark.parametrize("protocol", list(PROTOCOLS))
+def test_top_k_on_a_bytes_output_is_refused(served: Served, protocol: str) -> None:
+    module = PROTOCOLS[protocol]
+    for name in [output for output in KINDS[served.kind][1] if output in ("label", "labels")]:
+        with pytest.raises(InferenceServerException) as raised:
+            infer_items(module, served.client(protocol), MODEL_NAME, TEXTS[:1],
+                        outputs=[module.InferRequestedOutput(name, class_count=1)])
+        assert raised.value.status() == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"), raised.value
+    served.check(TEXTS[:2], infer_items(module, served.client(protocol), MODEL_NAME, TEXTS[:2]))
 
 
 def test_the_label_file_names_the_classes_in_id_order(served: Served) -> None:
