@@ -205,12 +205,15 @@ class TruncatingEncoder:
         assert self.template is not None
         texts = [text for pair in pairs for text in pair]
         alone = self._sides_alone(texts)
+        whole = []  # prefixed sides of the pairs whose split the prefixes do not prove: tokenized whole
         for index in range(0, len(texts), 2):
             first, second = (self._side(texts[i], alone[i]) for i in (index, index + 1))
-            if not pair_split_is_known(first, second, self.pair_budget):  # tokenize its prefixed side(s) whole
-                for i, side in ((index, first), (index + 1, second)):
-                    if not side.exact:
-                        alone[i] = self.sides.encode(texts[i], add_special_tokens=False)
+            if not pair_split_is_known(first, second, self.pair_budget):
+                whole += [i for i, side in ((index, first), (index + 1, second)) if not side.exact]
+        if whole:
+            for i, encoding in zip(whole, self.sides.encode_batch_fast([texts[i] for i in whole],
+                                                                       add_special_tokens=False)):
+                alone[i] = encoding
         encodings = []
         for index in range(0, len(texts), 2):
             first_ids, second_ids = alone[index].ids, alone[index + 1].ids
