@@ -170,9 +170,9 @@ validate_artifacts() {
 # multi-label output `labels` (sigmoid over 2+ labels) with its threshold.
 export_head_settings() {
   if [[ -n "$FUNCTION" && "$FUNCTION" != "$FUNCTION_TO_APPLY" ]]; then
-    echo "make_triton_image.sh: note: --function $FUNCTION overrides $FUNCTION_TO_APPLY, the function the Hugging Face" \
-      "pipeline applies to this model (problem_type $PROBLEM_TYPE, $NUM_LABELS label(s)); answers will differ from" \
-      "the pipeline's defaults" >&2
+    echo "make_triton_image.sh: note: --function $FUNCTION overrides $FUNCTION_TO_APPLY, the function the" \
+      "Hugging Face pipeline applies to this model (problem_type $PROBLEM_TYPE, $NUM_LABELS label(s));" \
+      "answers will differ from the pipeline's defaults" >&2
   fi
   export FUNCTION_TO_APPLY="${FUNCTION:-$FUNCTION_TO_APPLY}"
   export LABEL_THRESHOLD="${THRESHOLD:-$DEFAULT_THRESHOLD}"

@@ -56,3 +56,19 @@ def expected_outputs(answer: list[dict], id2label: dict[str, str], threshold: fl
         values[label2id[entry["label"]]] = entry["score"]
     applicable = [entry["label"] for entry in answer if entry["score"] >= threshold]
     return Expected(values, answer[0]["label"], float(answer[0]["score"]), applicable)
+
+
+def assert_answers(result, want: list[Expected], tolerance: float, multi_label: bool) -> None:
+    """The served outputs of one request (tritonclient result) are the pipeline's answers `want`, in order:
+    probabilities and score within `tolerance`, the same label, and for a multi-label model the same labels
+    (padded with "" to num_labels)."""
+    np.testing.assert_allclose(result.as_numpy("probabilities"), np.stack([w.values for w in want]),
+                               atol=tolerance, rtol=0)
+    assert [v.decode() for v in result.as_numpy("label").reshape(-1)] == [w.label for w in want]
+    np.testing.assert_allclose(result.as_numpy("score").reshape(-1), [w.score for w in want], atol=tolerance, rtol=0)
+    if multi_label:
+        num_labels = len(want[0].values)
+        assert [[name.decode() for name in row] for row in result.as_numpy("labels")] == \
+               [w.applicable + [""] * (num_labels - len(w.applicable)) for w in want]
+    else:
+        assert result.as_numpy("labels") is None

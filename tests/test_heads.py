@@ -15,21 +15,14 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, Artifacts, infer_items, make_image
+from conftest import ROOT, Artifacts, client_of, infer_items, make_image
 from local_triton import LocalTriton
-from reference import Expected, expected_outputs, pipeline_answers
+from reference import Expected, assert_answers, expected_outputs, pipeline_answers
+from test_end_to_end import TEXTS
 
 MODEL_NAME = "ensemble_model"
 TOLERANCE = 1e-4
 THRESHOLD = 0.45  # the multi-label model is built with --threshold 0.45 (the default 0.5: test_make_triton_image)
-TEXTS = [
-    "помогите мне",
-    "where is my order",
-    "I want a refund for this item",
-    "спасибо за помощь 🙂",
-    "",
-    "help " * 200,  # far beyond the tiny model's 64 positions: truncated
-]
 # kind -> (the pipeline's function, outputs of the ensemble)
 KINDS = {
     "regression": ("none", ["label", "score", "probabilities"]),
@@ -48,23 +41,11 @@ class Served:
     expected: dict[str, Expected]
 
     def client(self, protocol: str):
-        return (httpclient.InferenceServerClient(self.server.http_url) if protocol == "http"
-                else grpcclient.InferenceServerClient(self.server.grpc_url))
+        return client_of(self.server, protocol)
 
     def check(self, texts: list[str], result) -> None:
         """The served outputs of `texts` are the pipeline's answers."""
-        want = [self.expected[text] for text in texts]
-        np.testing.assert_allclose(result.as_numpy("probabilities"), np.stack([w.values for w in want]),
-                                   atol=TOLERANCE, rtol=0)
-        assert [v.decode() for v in result.as_numpy("label").reshape(-1)] == [w.label for w in want]
-        np.testing.assert_allclose(result.as_numpy("score").reshape(-1), [w.score for w in want], atol=TOLERANCE,
-                                   rtol=0)
-        if "labels" in KINDS[self.kind][1]:
-            num_labels = len(want[0].values)
-            assert [[name.decode() for name in row] for row in result.as_numpy("labels")] == \
-                   [w.applicable + [""] * (num_labels - len(w.applicable)) for w in want]
-        else:
-            assert result.as_numpy("labels") is None
+        assert_answers(result, [self.expected[text] for text in texts], TOLERANCE, "labels" in KINDS[self.kind][1])
 
 
 @pytest.fixture(scope="module", params=list(KINDS))
@@ -131,7 +112,8 @@ def test_top_k_by_the_classification_extension(served: Served, protocol: str) ->
     texts = TEXTS[:3]
     k = min(2, len(served.expected[texts[0]].values))
     result = infer_items(module, served.client(protocol), MODEL_NAME, texts, outputs=[
-        module.InferRequestedOutput("probabilities", class_count=k), module.InferRequestedOutput("score", class_count=1)])
+        module.InferRequestedOutput("probabilities", class_count=k),
+        module.InferRequestedOutput("score", class_count=1)])
     id2label = served.artifacts.labels()
     for text, classes, (score,) in zip(texts, parse_classes(result, "probabilities"), parse_classes(result, "score")):
         want = served.expected[text]

@@ -187,7 +187,8 @@ def test_bad_head_options(good: Artifacts, tmp_path: Path, args: list[str], phra
 
 def test_threshold_on_a_model_that_is_not_multi_label(good: Artifacts, tmp_path: Path) -> None:
     assert_refused(make_image(good, tmp_path / "b", "--threshold", "0.3"),
-                   "--threshold applies to multi-label models only", "softmax over 4 label(s)", build_dir=tmp_path / "b")
+                   "--threshold applies to multi-label models only", "softmax over 4 label(s)",
+                   build_dir=tmp_path / "b")
 
 
 def test_single_label_model_keeps_todays_outputs(good: Artifacts, tmp_path: Path) -> None:

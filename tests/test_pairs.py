@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import queue
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -19,9 +18,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import Artifacts, backend_stub_count, bytes_input, infer_items, make_image
+from conftest import Artifacts, assert_log_shows_no_crash, bytes_input, client_of, infer_items, make_image
 from local_triton import LocalTriton
-from reference import Expected, expected_outputs, pipeline_answers
+from reference import Expected, assert_answers, expected_outputs, pipeline_answers
 
 MODEL_NAME = "ensemble_model"
 TOLERANCE = 1e-4
@@ -49,19 +48,12 @@ class Served:
     server: LocalTriton
     repository: Path
     expected: dict[tuple[str, str], Expected]
-    stubs: int
 
     def client(self, protocol: str):
-        return (httpclient.InferenceServerClient(self.server.http_url, network_timeout=120) if protocol == "http"
-                else grpcclient.InferenceServerClient(self.server.grpc_url))
+        return client_of(self.server, protocol)
 
     def check(self, pairs: list[tuple[str, str]], result) -> None:
-        want = [self.expected[pair] for pair in pairs]
-        np.testing.assert_allclose(result.as_numpy("probabilities"), np.stack([w.values for w in want]),
-                                   atol=TOLERANCE, rtol=0)
-        assert [v.decode() for v in result.as_numpy("label").reshape(-1)] == [w.label for w in want]
-        np.testing.assert_allclose(result.as_numpy("score").reshape(-1), [w.score for w in want], atol=TOLERANCE,
-                                   rtol=0)
+        assert_answers(result, [self.expected[pair] for pair in pairs], TOLERANCE, multi_label=False)
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -77,7 +69,7 @@ def served(request, tiny_artifacts, serve, tmp_path_factory) -> Served:
     max_length = json.loads((artifacts.out_dir / "conversion_report.json").read_text())["max_sequence_length"]
     expected = [expected_outputs(answer, artifacts.labels())
                 for answer in pipeline_answers(artifacts.hf_dir, PAIRS, max_length)]
-    return Served(kind, artifacts, server, repository, dict(zip(PAIRS, expected)), backend_stub_count(repository))
+    return Served(kind, artifacts, server, repository, dict(zip(PAIRS, expected)))
 
 
 def assert_still_serving(served: Served) -> None:
@@ -237,8 +229,4 @@ def test_bad_pair_requests_fail_alone_among_concurrent_good_ones(served: Served)
 
 def test_server_log_shows_no_crash(served: Served) -> None:
     """Runs last: nothing above made a stub or the server abort."""
-    time.sleep(0.2)
-    log = served.server.log.read_text(errors="replace")
-    for sign in ("Stub process is unhealthy", "terminate called", "Non-graceful termination", "Aborted",
-                 "Segmentation fault"):
-        assert sign not in log, sign
+    assert_log_shows_no_crash(served.server)

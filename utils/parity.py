@@ -71,7 +71,8 @@ class ParityFigures:
         return asdict(self)
 
     def summary(self) -> str:
-        return (f"{self.texts} probe {self.probes} in batches of {self.batch_size} (longest {self.longest_sequence} tokens): "
+        return (f"{self.texts} probe {self.probes} in batches of {self.batch_size} (longest {self.longest_sequence} "
+                f"tokens): "
                 f"max |logit diff| {self.max_abs_logit_diff:.3e} (tolerance {self.tolerance:.0e}), mean "
                 f"{self.mean_abs_logit_diff:.3e}, argmax mismatches {self.argmax_mismatches}, "
                 f"tokenizer mismatches {self.tokenizer_mismatches}")
