@@ -31,7 +31,19 @@ Usage: ./make_triton_image.sh [options] MODEL TOKENIZER ID2LABEL [MODEL_NAME] [T
 The image is MODEL_NAME:TAG. The assembled repository and the docker build context go to
 build/MODEL_NAME/context/ (replaced as a whole on every run; ./cleanup.sh removes build/).
 
+Answers are the Hugging Face text-classification pipeline's: label (top class), score (its value),
+probabilities (every class's value, in id order; top-k through Triton's classification extension).
+
 Options:
+  --text-pair              serve a model of text pairs (NLI, cross-encoder rerankers): a second
+                           required input text_pair (BYTES [n, 1]); row i is tokenized as the HF
+                           tokenizer does tokenizer(text_input[i], text_pair[i], truncation=True).
+                           Needs the converter's passed parity check on pairs (conversion_report.json)
+  --function F             softmax, sigmoid or none: override the function applied to the logits
+                           (default: the pipeline's, recorded by the converter: none for regression,
+                           sigmoid for multi-label or a single logit, softmax otherwise)
+  --threshold T            multi-label models (sigmoid over 2+ labels): the output labels lists the
+                           classes whose probability is >= T, a number from 0 to 1   (default: 0.5)
   --no-build               assemble only; serve it with ./serve_local.sh MODEL_NAME
   --triton-release R       NGC base nvcr.io/nvidia/tritonserver:R-py3        (default: $DEFAULT_RELEASE)
                            an older release gets a warning naming its known defects
@@ -73,6 +85,10 @@ STANDIN=0
 BASE_IMAGE="$NGC_IMAGE:$DEFAULT_RELEASE-py3"
 TRITON_RELEASE="$DEFAULT_RELEASE"
 WHEELHOUSE=""
+TEXT_PAIR=0
+FUNCTION=""
+THRESHOLD=""
+DEFAULT_THRESHOLD="0.5"
 POSITIONAL=()
 export PREPROCESSING_INSTANCES=1 MODEL_INSTANCES=2 ORT_INTRA_OP_THREADS=1 BATCH_DELAY_US=0  # see --help; bench/
 
@@ -83,6 +99,9 @@ parse_args() {
     case "$1" in
       -h|--help) usage; exit 0 ;;
       --no-build) NO_BUILD=1 ;;
+      --text-pair) TEXT_PAIR=1 ;;
+      --function) need_value "$@"; FUNCTION="$2"; shift ;;
+      --threshold) need_value "$@"; THRESHOLD="$2"; shift ;;
       --triton-release) need_value "$@"; TRITON_RELEASE="$2"; BASE_IMAGE="$NGC_IMAGE:$2-py3"; shift ;;
       --base-image) need_value "$@"; BASE_IMAGE="$2"; shift ;;
       --standin) STANDIN=1 ;;
@@ -108,6 +127,15 @@ check_int() {
   if [[ ! "$value" =~ ^[0-9]+$ ]] || (( 10#$value < min )); then
     die "$what must be an integer >= $min, got '$value'"
   fi
+}
+
+check_function() {
+  [[ -z "$1" || "$1" =~ ^(softmax|sigmoid|none)$ ]] || die "--function must be softmax, sigmoid or none, got '$1'"
+}
+
+check_threshold() {
+  [[ -z "$1" || "$1" =~ ^(0(\.[0-9]+)?|\.[0-9]+|1(\.0*)?)$ ]] \
+    || die "--threshold must be a number from 0 to 1 (e.g. 0.5), got '$1'"
 }
 
 check_model_name() {
@@ -136,15 +164,47 @@ find_python() {
   echo "$python"
 }
 
-# Run utils/validate_artifacts.py and export what it reports (NUM_LABELS, ...).
+# Run utils/validate_artifacts.py and export what it reports (NUM_LABELS, FUNCTION_TO_APPLY, ...).
 validate_artifacts() {
-  local python="$1" model="$2" tokenizer="$3" id2label="$4" output line
-  output="$("$python" "$ROOT/utils/validate_artifacts.py" "$model" "$tokenizer" "$id2label" 2>&1)" \
+  local python="$1" model="$2" tokenizer="$3" id2label="$4" output line args=()
+  [[ "$TEXT_PAIR" == 0 ]] || args+=(--text-pair)
+  output="$("$python" "$ROOT/utils/validate_artifacts.py" "${args[@]}" "$model" "$tokenizer" "$id2label" 2>&1)" \
     || die "${output#error: }"
   while IFS= read -r line; do
-    [[ "$line" =~ ^[A-Z_]+=[0-9]+$ ]] || die "unexpected validator output: $line"
+    [[ "$line" =~ ^[A-Z_]+=[a-z0-9_]+$ ]] || die "unexpected validator output: $line"
     export "${line?}"
   done <<< "$output"
+}
+
+# What post_processing applies to the logits (the pipeline's function unless --function overrides it), and the
+# multi-label output `labels` (sigmoid over 2+ labels) with its threshold.
+export_head_settings() {
+  if [[ -n "$FUNCTION" && "$FUNCTION" != "$FUNCTION_TO_APPLY" ]]; then
+    echo "make_triton_image.sh: note: --function $FUNCTION overrides $FUNCTION_TO_APPLY, the function the" \
+      "Hugging Face pipeline applies to this model (problem_type $PROBLEM_TYPE, $NUM_LABELS label(s));" \
+      "answers will differ from the pipeline's defaults" >&2
+  fi
+  export FUNCTION_TO_APPLY="${FUNCTION:-$FUNCTION_TO_APPLY}"
+  export LABEL_THRESHOLD="${THRESHOLD:-$DEFAULT_THRESHOLD}"
+  if [[ "$FUNCTION_TO_APPLY" == sigmoid && "$NUM_LABELS" -gt 1 ]]; then
+    export ENSEMBLE_LABELS_OUTPUT="  ,{ name: \"labels\", data_type: TYPE_STRING, dims: [ $NUM_LABELS ] }"
+    export ENSEMBLE_LABELS_OUTPUT_MAP='      output_map { key: "labels" value: "labels" }'
+    export POSTPROCESSING_LABELS_OUTPUT="$ENSEMBLE_LABELS_OUTPUT"
+  else
+    [[ -z "$THRESHOLD" ]] || die "--threshold applies to multi-label models only (sigmoid over 2+ labels); this" \
+      "model gets $FUNCTION_TO_APPLY over $NUM_LABELS label(s): drop --threshold (or pass --function sigmoid)"
+    export ENSEMBLE_LABELS_OUTPUT="" ENSEMBLE_LABELS_OUTPUT_MAP="" POSTPROCESSING_LABELS_OUTPUT=""
+  fi
+}
+
+export_text_pair_snippets() {
+  if [[ "$TEXT_PAIR" == 1 ]]; then
+    export ENSEMBLE_TEXT_PAIR_INPUT='  ,{ name: "text_pair", data_type: TYPE_STRING, dims: [ 1 ] }'
+    export ENSEMBLE_TEXT_PAIR_INPUT_MAP='      input_map { key: "text_pair" value: "text_pair" }'
+    export PREPROCESSING_TEXT_PAIR_INPUT="$ENSEMBLE_TEXT_PAIR_INPUT"
+  else
+    export ENSEMBLE_TEXT_PAIR_INPUT="" ENSEMBLE_TEXT_PAIR_INPUT_MAP="" PREPROCESSING_TEXT_PAIR_INPUT=""
+  fi
 }
 
 export_token_type_ids_snippets() {
@@ -171,7 +231,7 @@ export_model_batching() {
 
 # Build the whole context in a fresh directory; it replaces build/MODEL_NAME only when complete.
 assemble() {
-  local model="$1" tokenizer="$2" id2label="$3" staging="$4"
+  local python="$1" model="$2" tokenizer="$3" id2label="$4" staging="$5"
   local repo="$staging/context/model_repository" tokdir file
   mkdir -p "$staging/context"
   cp -R "$ROOT/model_repository" "$repo"
@@ -179,6 +239,8 @@ assemble() {
   mkdir -p "$repo/$MODEL_NAME/1" "$repo/model_onnx/1"  # git keeps no empty version directories
   cp "$model" "$repo/model_onnx/1/model.onnx"
   cp "$id2label" "$repo/post_processing/1/id2label.json"
+  "$python" "$ROOT/utils/label_file.py" "$id2label" "$repo/post_processing/labels.txt" "$repo/$MODEL_NAME/labels.txt" \
+    || die "could not write the label files from $id2label"
   tokdir="$tokenizer"
   [[ -d "$tokdir" ]] || tokdir="$(dirname "$tokenizer")"
   mkdir -p "$repo/text_preprocessing/1/tokenizer"
@@ -259,11 +321,17 @@ main() {
   check_int --model-instances "$MODEL_INSTANCES" 1
   check_int --ort-threads "$ORT_INTRA_OP_THREADS" 0
   check_int --batch-delay-us "$BATCH_DELAY_US" 0
+  check_function "$FUNCTION"
+  check_threshold "$THRESHOLD"
   if [[ -n "$WHEELHOUSE" ]]; then
     compgen -G "$WHEELHOUSE/*.whl" >/dev/null || die "--wheelhouse $WHEELHOUSE holds no .whl files; fill it with pip download (see --help)"
   fi
-  validate_artifacts "$(find_python)" "$model" "$tokenizer" "$id2label"
+  local python
+  python="$(find_python)"
+  validate_artifacts "$python" "$model" "$tokenizer" "$id2label"
   [[ "$BASE_IMAGE" != "$NGC_IMAGE:$TRITON_RELEASE-py3" || "$STANDIN" == 1 ]] || warn_about_release
+  export_head_settings
+  export_text_pair_snippets
   export_token_type_ids_snippets
   export_model_batching
 
@@ -272,7 +340,7 @@ main() {
   staging="$(mktemp -d "$BUILD_ROOT/.staging.XXXXXX")"
   # shellcheck disable=SC2064  # expand now: the path is fixed
   trap "rm -rf -- '$staging'" EXIT
-  assemble "$model" "$tokenizer" "$id2label" "$staging"
+  assemble "$python" "$model" "$tokenizer" "$id2label" "$staging"
   rm -rf -- "$target"
   mv "$staging" "$target"
   trap - EXIT

@@ -4,8 +4,10 @@
 One command: builds the demo model when it is missing (as quickstart.sh does), assembles the real ensemble with
 make_triton_image.sh --no-build, serves it with serve_local.sh (the real Triton 2.51), and drives it over HTTP
 and gRPC with one text per request at several concurrencies, on a short-text set (3-40 words, RU/EN support
-messages) and a long-text set (250-400 words, truncated at the model's maximum length as served). In the same
-run, interleaved round by round so that machine noise hits all of them alike, it measures raw ONNX Runtime in
+messages), a long-text set (250-400 words, truncated at the model's maximum length as served) and, with
+--sets ...,pairs, a set of pairs of short messages (text_input + text_pair, served by the same model assembled with
+make_triton_image.sh --text-pair: the figures are about the serving path's cost on pairs). In the same run,
+interleaved round by round so that machine noise hits all of them alike, it measures raw ONNX Runtime in
 this process on the same model.onnx and the same texts (tokenization included, one text at a time) and the HF
 pipeline on the PyTorch model. It prints one table (texts/s, p50 and p99 latency, each also as a ratio to raw
 ONNX Runtime), the project's performance goals with their figures (judged MET or MISSED only by a full run: the
@@ -35,7 +37,7 @@ if str(ROOT) not in sys.path:  # run as `python bench/bench.py`
 from bench.engines import HfPipeline, RawOrt, labels_of, max_length_of  # noqa: E402
 from bench.loadgen import Measurement, closed_loop, http_bodies, make_workers, sequential  # noqa: E402
 from bench.local_server import LocalServer, ServerError, assemble, stats_delta  # noqa: E402
-from bench.texts import long_texts, short_texts  # noqa: E402
+from bench.texts import long_texts, short_pairs, short_texts  # noqa: E402
 
 LOGGER = logging.getLogger("bench")
 DEMO_HF = ROOT / "build" / "demo" / "hf"
@@ -55,6 +57,8 @@ SERVED_ENGINES = ("http", "grpc", "http direct", "grpc direct")
 # Runtime on short texts and >= 0.95x on long ones, >= 1.6x the HF pipeline, p50 at 1 in flight <= raw + 3 ms,
 # int8 >= 1.3x the fp32 limit, int8 labels equal to fp32's on >= 99% of held-out texts.
 GOAL_SHORT, GOAL_LONG, GOAL_P50_MS, GOAL_HF, GOAL_INT8, GOAL_AGREEMENT = 0.90, 0.95, 3.0, 1.6, 1.3, 0.99
+GOAL_BY_SET = {"short": GOAL_SHORT, "long": GOAL_LONG, "pairs": GOAL_SHORT}  # served/raw at 16 in flight
+SETS = ("short", "long", "pairs")  # "pairs": (text, text_pair) pairs of short texts, served with --text-pair
 # The goals are judged only when every engine ran at least this long (rounds x seconds; a default full run: 2 x 3 s).
 JUDGED_SECONDS = 6.0
 
@@ -188,12 +192,22 @@ def estimate_rate(run_one: Callable[[int], Any], count: int) -> float:
     return max(sequential(run_one, count, probe, warmup=2).texts_per_second, 0.1)
 
 
-def measure(settings: Settings, variants: dict[str, Path], servers: dict[tuple[str, str], LocalServer],
+def texts_of(text_set: str, settings: Settings) -> list[Any]:
+    if text_set == "short":
+        return short_texts(settings.short_count)
+    if text_set == "pairs":
+        return short_pairs(settings.short_count)
+    return long_texts(settings.long_count)
+
+
+def measure(settings: Settings, variants: dict[str, Path], servers: dict[tuple[str, str, bool], LocalServer],
             hf_dir: Path | None) -> tuple[list[Row], dict[str, Any]]:
+    """servers: (variant, config, pairs) -> the server of that variant and configuration, assembled with
+    --text-pair when `pairs`."""
     rows: dict[tuple, Row] = {}
     labels_by_set: dict[str, dict[str, list[str]]] = {}
     for text_set in settings.sets:
-        texts = short_texts(settings.short_count) if text_set == "short" else long_texts(settings.long_count)
+        texts = texts_of(text_set, settings)
         raw = {(name, engine): RawOrt(path, texts, threads=settings.raw_threads, spinning=spinning)
                for name, path in variants.items() for engine, spinning in RAW_ENGINES.items()}
         hf = HfPipeline(hf_dir, texts, max_length_of(variants["fp32"])) if settings.hf and hf_dir else None
@@ -212,8 +226,8 @@ def measure(settings: Settings, variants: dict[str, Path], servers: dict[tuple[s
                     row = rows.setdefault((name, "-", text_set, engine, 1), Row(name, "-", text_set, engine, 1))
                     row.measurement.extend(sequential(plan.raw[(name, engine)], len(texts), passes[name] * len(texts)))
                     settle()
-                for (variant, config), server in servers.items():
-                    if variant != name:
+                for (variant, config, pairs), server in servers.items():
+                    if variant != name or pairs != (text_set == "pairs"):
                         continue
                     direct = [f"{p} direct" for p in settings.protocols] if settings.front_cost else []
                     for protocol in [*settings.protocols, *direct]:
@@ -307,7 +321,7 @@ def table(rows: Sequence[Row]) -> tuple[str, list[dict[str, Any]]]:
     order = {"raw ORT": 0, "raw ORT no-spin": 1, "HF pipeline": 2, "http": 3, "grpc": 4, "http direct": 5,
              "grpc direct": 6}
     lines, records = [], []
-    for row in sorted(rows, key=lambda r: (r.variant != "fp32", r.variant, r.text_set != "short", r.config != "-",
+    for row in sorted(rows, key=lambda r: (r.variant != "fp32", r.variant, SETS.index(r.text_set), r.config != "-",
                                            r.config, order[r.engine], r.concurrency)):
         base = raw[(row.variant if row.engine != "HF pipeline" else "fp32", row.text_set)].measurement
         m = row.measurement
@@ -366,7 +380,7 @@ def goals(records: list[dict[str, Any]], agreement_figures: dict[str, Any] | Non
     for r in find(records, model="fp32", concurrency=16):
         if r["engine"] not in ("http", "grpc"):
             continue
-        goal = GOAL_SHORT if r["set"] == "short" else GOAL_LONG
+        goal = GOAL_BY_SET[r["set"]]
         lines.append(f"{verdict(r['texts_per_s_ratio'] >= goal)} fp32 {r['set']:5} {r['engine']:4} c16 "
                      f"[{r['config']}]: {r['texts_per_s']:.1f} texts/s = {r['texts_per_s_ratio']:.2f}x raw ORT "
                      f"(goal >= {goal:.2f}x)")
@@ -462,6 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
                "  ./bench/run.sh                      # full run, demo model, fp32 (about 3 minutes on 2 cores)\n"
                "  ./bench/run.sh --quantized          # also the int8 model (fused + dynamic int8)\n"
                "  ./bench/run.sh --quick              # smoke test, well under a minute (goals not judged)\n"
+               "  ./bench/run.sh --sets pairs         # pairs of short texts (--text-pair), about 1.5 minutes\n"
                "  ./bench/run.sh --config default= --config m1t2='--model-instances 1 --ort-threads 2'\n"
                "                                      # compare server settings side by side in one run\n")
     parser.add_argument("--hf-dir", type=Path, default=None,
@@ -480,7 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="server settings to serve side by side: make_triton_image.sh options, e.g. "
                              "m2t1='--model-instances 2 --ort-threads 1'; repeatable (default: default= , the "
                              "template's defaults)")
-    parser.add_argument("--sets", type=csv_list(str), default=["short", "long"], help="text sets (default short,long)")
+    parser.add_argument("--sets", type=csv_list(str), default=["short", "long"],
+                        help="text sets: short, long, pairs (pairs of short texts, served by the model assembled "
+                             "with --text-pair; its conversion must have passed the parity check on pairs) "
+                             "(default short,long)")
     parser.add_argument("--concurrency", type=csv_list(int), default=[1, 4, 16],
                         help="requests in flight (default 1,4,16)")
     parser.add_argument("--protocols", type=csv_list(str), default=["http", "grpc"], help="default http,grpc")
@@ -503,9 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
-    unknown = [s for s in args.sets if s not in ("short", "long")]
+    unknown = [s for s in args.sets if s not in SETS]
     if unknown:
-        parser.error(f"--sets: unknown set(s) {unknown}; choose from short,long")
+        parser.error(f"--sets: unknown set(s) {unknown}; choose from {','.join(SETS)}")
     bad = [p for p in args.protocols if p not in ("http", "grpc")]
     if bad:
         parser.error(f"--protocols: unknown protocol(s) {bad}; choose from http,grpc")
@@ -551,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     python = os.environ.get("TRITONED_PYTHON", sys.executable)
     work_dir = args.work_dir.resolve()
     configs = dict(args.config or [("default", [])])
-    servers: dict[tuple[str, str], LocalServer] = {}
+    servers: dict[tuple[str, str, bool], LocalServer] = {}
     started = time.monotonic()
     try:
         hf_dir, onnx_dir = resolve_models(args, python)
@@ -560,12 +578,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             variants["fused"] = ensure_variant("fused", hf_dir, work_dir, python)
         if args.quantized:
             variants["int8"] = ensure_variant("int8", hf_dir, work_dir, python)
+        kinds = sorted({text_set == "pairs" for text_set in settings.sets})
         for variant, path in variants.items():
             for config, options in configs.items():
-                build_dir = work_dir / "repos" / f"{variant}-{config}"
-                repository = assemble(path, build_dir, MODEL_NAME, options, python)
-                servers[(variant, config)] = LocalServer(repository=repository, build_dir=build_dir,
-                                                         log=build_dir / "server.log", python=python).launch()
+                for pairs in kinds:
+                    build_dir = work_dir / "repos" / f"{variant}-{config}{'-pairs' if pairs else ''}"
+                    repository = assemble(path, build_dir, MODEL_NAME, [*options, *(["--text-pair"] if pairs else [])],
+                                          python)
+                    servers[(variant, config, pairs)] = LocalServer(
+                        repository=repository, build_dir=build_dir, log=build_dir / "server.log",
+                        python=python).launch()
         for server in servers.values():
             server.wait_ready()
         LOGGER.info("%d server(s) ready; measuring %s", len(servers), settings)
@@ -580,8 +602,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.stop()
 
     text, records = table(rows)
-    print(f"\nServed (Triton 2.51, ensemble text_preprocessing -> model_onnx -> post_processing, one text per "
-          f"request) vs raw ONNX Runtime in-process on the same model.onnx and texts; {settings.rounds} interleaved "
+    print(f"\nServed (Triton 2.51, ensemble text_preprocessing -> model_onnx -> post_processing, one text (or "
+          f"pair) per request) vs raw ONNX Runtime in-process on the same model.onnx and texts; {settings.rounds} interleaved "
           f"round(s); {os.cpu_count()} CPU(s); x raw = figure / the figure of the raw ORT row marked * (the faster raw "
           f"ORT of the same model and set: the limit).")
     for name, options in configs.items():

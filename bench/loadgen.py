@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 INPUT_NAME = "text_input"
+PAIR_INPUT_NAME = "text_pair"
 OUTPUT_NAMES = ("label", "score", "probabilities")
 
 
@@ -82,16 +83,26 @@ class HttpWorker:
         self.connection.close()
 
 
-def http_bodies(texts: Sequence[str]) -> list[tuple[bytes, int]]:
-    """The request body of each text, as tritonclient.http would send it (binary data, all three outputs)."""
+def request_inputs(module: Any, text: Any, **options: Any) -> list[Any]:
+    """tritonclient `module`'s inputs of one text ([1, 1] text_input) or (text, text_pair) pair (+ text_pair)."""
+    inputs = []
+    for name, value in zip((INPUT_NAME, PAIR_INPUT_NAME), (text,) if isinstance(text, str) else text):
+        tensor = module.InferInput(name, [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[value.encode("utf-8")]], dtype=np.object_), **options)
+        inputs.append(tensor)
+    return inputs
+
+
+def http_bodies(texts: Sequence[Any]) -> list[tuple[bytes, int]]:
+    """The request body of each text (or pair), as tritonclient.http would send it (binary data, all three
+    outputs)."""
     import tritonclient.http as httpclient
 
     outputs = [httpclient.InferRequestedOutput(name, binary_data=True) for name in OUTPUT_NAMES]
     bodies = []
     for text in texts:
-        tensor = httpclient.InferInput(INPUT_NAME, [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=np.object_), binary_data=True)
-        body, json_size = httpclient.InferenceServerClient.generate_request_body([tensor], outputs)
+        inputs = request_inputs(httpclient, text, binary_data=True)
+        body, json_size = httpclient.InferenceServerClient.generate_request_body(inputs, outputs)
         bodies.append((body, json_size if json_size is not None else len(body)))
     return bodies
 
@@ -99,27 +110,23 @@ def http_bodies(texts: Sequence[str]) -> list[tuple[bytes, int]]:
 class GrpcWorker:
     """One tritonclient gRPC client; `infer(i)` sends text i and returns its label."""
 
-    def __init__(self, url: str, model: str, texts: Sequence[str]) -> None:
+    def __init__(self, url: str, model: str, texts: Sequence[Any]) -> None:
         import tritonclient.grpc as grpcclient
 
         self.client = grpcclient.InferenceServerClient(url)
         self.model = model
-        self.inputs = []
-        for text in texts:
-            tensor = grpcclient.InferInput(INPUT_NAME, [1, 1], "BYTES")
-            tensor.set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=np.object_))
-            self.inputs.append(tensor)
+        self.inputs = [request_inputs(grpcclient, text) for text in texts]
         self.outputs = [grpcclient.InferRequestedOutput(name) for name in OUTPUT_NAMES]
 
     def infer(self, index: int) -> str:
-        result = self.client.infer(self.model, [self.inputs[index]], outputs=self.outputs)
+        result = self.client.infer(self.model, self.inputs[index], outputs=self.outputs)
         return result.as_numpy("label").reshape(-1)[0].decode()
 
     def close(self) -> None:
         self.client.close()
 
 
-def make_workers(protocol: str, url: str, model: str, texts: Sequence[str], count: int,
+def make_workers(protocol: str, url: str, model: str, texts: Sequence[Any], count: int,
                  bodies: Sequence[tuple[bytes, int]] | None = None) -> list[Any]:
     if protocol == "http":
         prepared = bodies if bodies is not None else http_bodies(texts)

@@ -1,4 +1,5 @@
-"""Deterministic benchmark texts: short Russian/English support messages and long (250-400 words) ones.
+"""Deterministic benchmark texts: short Russian/English support messages, long (250-400 words) ones, and pairs
+of short messages (a text and a text_pair, as an NLI model or a cross-encoder reranker takes them).
 
 A short text is what a customer writes to support: an optional greeting, one to three sentences about one
 problem, an optional closing; 3 to 40 words, Russian or English. A long text strings sentences about several
@@ -123,4 +124,10 @@ def long_texts(count: int = 24, seed: int = 11) -> list[str]:
     return [_long(rng) for _ in range(count)]
 
 
-TEXT_SETS = {"short": short_texts, "long": long_texts}
+def short_pairs(count: int = 200, seed: int = 13) -> list[tuple[str, str]]:
+    """`count` pairs of short messages (3-40 words each)."""
+    rng = random.Random(seed)
+    return [(_short(rng), _short(rng)) for _ in range(count)]
+
+
+TEXT_SETS = {"short": short_texts, "long": long_texts, "pairs": short_pairs}

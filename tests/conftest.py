@@ -136,3 +136,45 @@ def serve() -> Iterator[Callable[..., LocalTriton]]:
     yield start
     for server in servers:
         server.stop()
+
+
+def bytes_input(module, name: str, values: list) -> object:
+    """A [n, 1] BYTES input of tritonclient's `module` (tritonclient.http or .grpc); str values are UTF-8 encoded."""
+    import numpy as np
+
+    data = np.array([[value.encode() if isinstance(value, str) else value] for value in values], dtype=np.object_)
+    tensor = module.InferInput(name, list(data.shape), "BYTES")
+    tensor.set_data_from_numpy(data)
+    return tensor
+
+
+def infer_items(module, client, model: str, items: list, outputs: list | None = None):
+    """One request of `items`: texts (text_input), or (text, text_pair) pairs (text_input and text_pair)."""
+    inputs = [bytes_input(module, "text_input", [item if isinstance(item, str) else item[0] for item in items])]
+    if items and not isinstance(items[0], str):
+        inputs.append(bytes_input(module, "text_pair", [item[1] for item in items]))
+    return client.infer(model, inputs, outputs=outputs)
+
+
+CRASH_SIGNS = ("Stub process is unhealthy", "terminate called", "Non-graceful termination", "Aborted",
+               "Segmentation fault")
+
+
+def assert_log_shows_no_crash(server: LocalTriton) -> None:
+    """Nothing made a backend stub or the server abort (its log has none of the signs)."""
+    import time
+
+    time.sleep(0.2)
+    log = server.log.read_text(errors="replace")
+    for sign in CRASH_SIGNS:
+        assert sign not in log, sign
+
+
+def client_of(server: LocalTriton, protocol: str):
+    """A tritonclient of `server` over "http" or "grpc"."""
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    if protocol == "http":
+        return httpclient.InferenceServerClient(server.http_url, network_timeout=120, connection_timeout=120)
+    return grpcclient.InferenceServerClient(server.grpc_url)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import queue
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -22,7 +21,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, Artifacts, backend_stub_count, make_image
+from conftest import Artifacts, assert_log_shows_no_crash, backend_stub_count, make_image
 from local_triton import LocalTriton
 from reference import labels_of, pytorch_probabilities
 
@@ -193,74 +192,6 @@ def test_1mb_text_is_not_tokenized_whole(served: Served) -> None:
             spent[kind] += stats(served, "text_preprocessing")["compute_infer"]["ns"] - before
     print(f"text_preprocessing compute: 1 MB / short = {spent['1MB'] / spent['short']:.1f}")
     assert spent["1MB"] < 50 * spent["short"], spent
-
-
-# --- the prefix shortcut for long texts, for every kind of tokenizer --------------------------------------
-
-def long_of(unit: str, chars: int = 20_000) -> str:
-    """Far beyond the prefix that text_preprocessing tries (64 tokens * 50 characters here)."""
-    return unit * (chars // len(unit) + 1)
-
-
-LONG_TEXTS = {
-    "words": long_of("I want a refund for this item "),
-    "mixed_scripts": long_of("where is мой заказ 我的订单 أين طلبي 🙂 "),
-    "one_word": long_of("x"),
-    "long_word_then_words": "y" * 5000 + long_of(" where is my order"),
-    "words_then_long_word": "hello " * 600 + "z" * 20_000,
-    "48_char_words": long_of("q" * 48 + " "),
-    "whitespace_runs": long_of("a" + " " * 997 + "b\n"),
-    "punctuation": long_of("!?.,;:"),
-    "emoji": long_of("🙂👍🏽 "),
-}
-
-
-@pytest.fixture(scope="module")
-def python_backend_utils() -> Path:
-    """Triton's own triton_python_backend_utils.py (from the nvidia-pytriton wheel), for importing model.py."""
-    import pytriton
-
-    return Path(pytriton.__file__).parent / "tritonserver" / "backends" / "python"
-
-
-@pytest.mark.parametrize("kind", ["bert", "roberta", "xlm_roberta", "albert", "deberta_v2"])
-def test_prefix_of_a_long_text_gives_the_whole_texts_tokens(kind: str, tmp_path: Path, python_backend_utils: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """text_preprocessing's own code (no server needed): for WordPiece, byte-level BPE and SentencePiece
-    tokenizers, every long text gets exactly the tokens of tokenizing it whole, shortcut or not."""
-    import importlib.util
-
-    from tiny_models import BUILDERS
-    from tokenizers import Tokenizer
-
-    hf_dir = BUILDERS[kind](tmp_path / "hf")
-    tokenizer_dir = tmp_path / "repo" / "1" / "tokenizer"
-    tokenizer_dir.mkdir(parents=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        if (hf_dir / name).is_file():
-            (tokenizer_dir / name).write_bytes((hf_dir / name).read_bytes())
-    monkeypatch.syspath_prepend(str(python_backend_utils))
-    spec = importlib.util.spec_from_file_location(
-        f"text_preprocessing_{kind}", ROOT / "model_repository" / "text_preprocessing" / "1" / "model.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    model = module.TritonPythonModel()
-    max_length = 64
-    model.initialize({"model_config": json.dumps({
-        "parameters": {"max_sequence_length": {"string_value": str(max_length)}},
-        "output": [{"name": "input_ids"}, {"name": "attention_mask"}]}),
-        "model_repository": str(tmp_path / "repo"), "model_version": "1"})
-
-    whole = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-    whole.no_padding()
-    whole.enable_truncation(max_length=max_length)
-    texts = list(LONG_TEXTS.values()) + NORMAL
-    served = model.encode(texts)
-    for name, text, encoding in zip([*LONG_TEXTS, *NORMAL], texts, served):
-        assert encoding.ids == whole.encode(text).ids, (kind, name)
-    shortcut = [name for name, text in LONG_TEXTS.items()
-                if module.prefix_is_enough(whole.encode_batch([text[:model.prefix_chars]])[0])]
-    assert "words" in shortcut and "one_word" not in shortcut, shortcut  # both paths were taken
 
 
 # --- malformed requests: an error that says what was wrong ------------------------------------------------
@@ -475,8 +406,4 @@ def test_non_finite_logits_sent_to_post_processing_are_refused_not_labelled(serv
 
 def test_server_log_shows_no_crash(served: Served) -> None:
     """Runs last: nothing above made a stub or the server abort."""
-    time.sleep(0.2)
-    log = served.server.log.read_text(errors="replace")
-    for sign in ("Stub process is unhealthy", "terminate called", "Non-graceful termination", "Aborted",
-                 "Segmentation fault"):
-        assert sign not in log, sign
+    assert_log_shows_no_crash(served.server)

@@ -1,6 +1,7 @@
 """Smoke test of the benchmark (bench/run.sh --quick) on a tiny BERT: it serves the model on the real Triton,
-fp32 and int8, and prints one table with every row and column and sane positive figures. The speed goals
-themselves are not checked here (they need the real model and a quiet machine); a quick run must not judge them."""
+fp32 and int8, and prints one table with every row and column and sane positive figures; the pair set
+(--sets pairs, the model served with --text-pair) in a second, smaller run. The speed goals themselves are not
+checked here (they need the real model and a quiet machine); a quick run must not judge them."""
 from __future__ import annotations
 
 import json
@@ -118,8 +119,25 @@ def test_a_full_run_judges_every_goal(bench_run) -> None:
     assert "--rounds x --seconds = 1 s" in why_not("--rounds", "1", "--seconds", "1")
 
 
+def test_pair_set_is_served_with_text_pair(tiny_artifacts, tmp_path) -> None:
+    artifacts = tiny_artifacts("bert")
+    result = subprocess.run(
+        [str(ROOT / "bench" / "run.sh"), "--quick", "--sets", "pairs", "--no-hf", "--concurrency", "16",
+         "--hf-dir", str(artifacts.hf_dir), "--onnx-dir", str(artifacts.out_dir), "--work-dir", str(tmp_path),
+         "--json", str(tmp_path / "results.json")], capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    rows = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))["rows"]
+    assert {(row["set"], row["engine"], row["concurrency"]) for row in rows} == {
+        ("pairs", "raw ORT", 1), ("pairs", "raw ORT no-spin", 1), ("pairs", "http", 16), ("pairs", "grpc", 16)}
+    for row in rows:
+        assert row["texts"] > 0 and row["texts_per_s"] > 0 and row["label_mismatches"] == 0, row
+    assert re.search(r"- +fp32 pairs http c16 \[default\]: [\d.]+ texts/s = [\d.]+x raw ORT", result.stdout)
+    repository = tmp_path / "repos" / "fp32-default-pairs" / "bench_model" / "context" / "model_repository"
+    assert 'name: "text_pair"' in (repository / "bench_model" / "config.pbtxt").read_text()
+
+
 def test_help_documents_the_options() -> None:
     result = subprocess.run([str(ROOT / "bench" / "run.sh"), "--help"], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0
-    for option in ("--quick", "--quantized", "--config", "--concurrency", "--protocols", "--sets"):
+    for option in ("--quick", "--quantized", "--config", "--concurrency", "--protocols", "--sets", "pairs"):
         assert option in result.stdout

@@ -136,7 +136,9 @@ def test_converts_and_answers_like_pytorch(kind: str, hf_model, tmp_path: Path) 
     assert saved["architecture"] == config["architectures"][0]
     assert saved["max_sequence_length"] == expected_max_length(hf_dir)
     assert read_json(out / "tokenizer" / "tokenizer_config.json")["model_max_length"] == saved["max_sequence_length"]
-    assert saved["problem_type"] == "single_label_classification"
+    assert saved["problem_type"] == config.get("problem_type") and saved["function_to_apply"] == "softmax"
+    pairs = saved["pair_parity"]  # every tokenizer kind here has a pair template: proven on pairs too
+    assert pairs["passed"] and pairs["probes"] == "text pairs" and pairs["max_abs_logit_diff"] <= TOLERANCE, pairs
     assert saved["model_sha256"] == hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     parity = saved["parity"]
     assert parity["passed"] and parity["max_abs_logit_diff"] <= TOLERANCE and parity["argmax_mismatches"] == 0
@@ -178,7 +180,8 @@ def test_cli_prints_parity_uses_the_id2label_file_and_records_multi_label(hf_mod
     assert "Exporting" in result.stderr and "wins over config.id2label" in result.stderr  # progress, which wins
     assert read_json(out / "id2label.json") == names
     report = read_json(out / "conversion_report.json")
-    assert report["problem_type"] == "multi_label_classification"
+    assert report["problem_type"] == "multi_label_classification" and report["function_to_apply"] == "sigmoid"
+    assert "the pipeline applies sigmoid" in result.stdout and "pair parity:" in result.stdout
     assert report["id2label_source"] == f"file:{tmp_path / 'labels.json'}"
     assert report["inputs"] == ["input_ids", "attention_mask"]
 
@@ -275,6 +278,7 @@ def test_tokenizer_directory_without_a_tokenizer(capsys, hf_model, tmp_path: Pat
     ({"0": "a", "1": "b", "2": "c"}, "names 3 labels but the model outputs 4 logits"),
     ({"0": "a", "1": "b", "2": "c", "3": "d", "4": "e"}, "names 5 labels but the model outputs 4 logits"),
     ({"0": "a", "2": "b", "3": "c", "4": "d"}, "with no gaps"),
+    ({"0": "a", "1": "b", "2": "two\nlines", "3": "d"}, "label name of key \"2\" ('two\\nlines') contains '\\n'"),
 ])
 def test_id2label_that_disagrees_with_the_model(capsys, hf_model, tmp_path: Path, labels: dict, phrase: str) -> None:
     (tmp_path / "labels.json").write_text(json.dumps(labels))
@@ -283,6 +287,34 @@ def test_id2label_that_disagrees_with_the_model(capsys, hf_model, tmp_path: Path
     assert code != 0
     assert phrase in the_error(stderr)
     assert_nothing_written(tmp_path / "out")
+
+
+def test_label_name_of_the_config_that_breaks_the_label_file(capsys, hf_model, tmp_path: Path) -> None:
+    hf_dir = tmp_path / "model"
+    shutil.copytree(hf_model("distilbert"), hf_dir)
+    config = read_json(hf_dir / "config.json")
+    config["id2label"]["1"] = "order\rstatus"
+    (hf_dir / "config.json").write_text(json.dumps(config))
+    code, stderr = run_main(capsys, "--model", hf_dir, "--output-dir", tmp_path / "out")
+    assert code != 0
+    assert "config.id2label: the label name of key \"1\"" in the_error(stderr) and "--id2label" in the_error(stderr)
+    assert_nothing_written(tmp_path / "out")
+
+
+def test_pair_template_the_server_cannot_fill_is_recorded_not_fatal(hf_model, tmp_path: Path) -> None:
+    """A pair template that puts the second text first: transformers and tokenizers follow it, Triton's
+    text_preprocessing fills only [specials] A [specials] B [specials]. Single texts convert; the report records
+    why pairs can't be served (make_triton_image.sh --text-pair then refuses: test_make_triton_image.py)."""
+    hf_dir = tmp_path / "model"
+    shutil.copytree(hf_model("bert"), hf_dir)
+    tokenizer = read_json(hf_dir / "tokenizer.json")
+    tokenizer["post_processor"]["pair"] = [piece for name in ("[CLS]", "B", "[SEP]", "A", "[SEP]") for piece in (
+        [{"SpecialToken": {"id": name, "type_id": 0}}] if name.startswith("[") else
+        [{"Sequence": {"id": name, "type_id": 0}}])]
+    (hf_dir / "tokenizer.json").write_text(json.dumps(tokenizer))
+    report = convert(Source(str(hf_dir)), tmp_path / "out")
+    assert report["parity"]["passed"]
+    assert not report["pair_parity"]["passed"] and "not one fixed template" in report["pair_parity"]["reason"]
 
 
 def test_architecture_that_is_not_a_text_classifier(capsys, tmp_path: Path) -> None:

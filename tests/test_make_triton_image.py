@@ -210,3 +210,105 @@ def test_two_models_one_after_the_other_never_mix(tiny_artifacts, tmp_path: Path
     assert (repo / "model_onnx" / "1" / "model.onnx").read_bytes() == distilbert.model.read_bytes()
     assert "token_type_ids" not in (repo / "model_onnx" / "config.pbtxt").read_text()
     assert [p.name for p in build.iterdir()] == ["same"]
+
+
+# --- heads and pairs: --function, --threshold, --text-pair, label names ------------------------------------
+
+def rendered(build_dir: Path, model: str, name: str = "ensemble_model") -> str:
+    return (build_dir / name / "context" / "model_repository" / model / "config.pbtxt").read_text()
+
+
+def edit_report(artifacts: Artifacts, change) -> None:
+    path = artifacts.out_dir / "conversion_report.json"
+    report = json.loads(path.read_text())
+    change(report)
+    path.write_text(json.dumps(report))
+
+
+@pytest.mark.parametrize("args, phrase", [
+    (["--function", "relu"], "--function must be softmax, sigmoid or none, got 'relu'"),
+    (["--function", "Softmax"], "--function must be softmax, sigmoid or none, got 'Softmax'"),
+    (["--threshold", "1.5"], "--threshold must be a number from 0 to 1 (e.g. 0.5), got '1.5'"),
+    (["--threshold", "-0.1"], "--threshold must be a number from 0 to 1"),
+    (["--threshold", "half"], "--threshold must be a number from 0 to 1"),
+    (["--threshold", "0.5.1"], "--threshold must be a number from 0 to 1"),
+    (["--threshold", "nan"], "--threshold must be a number from 0 to 1"),
+    (["--threshold"], "option --threshold needs a value"),
+    (["--function"], "option --function needs a value"),
+])
+def test_bad_head_options(good: Artifacts, tmp_path: Path, args: list[str], phrase: str) -> None:
+    assert_refused(make_image(good, tmp_path / "b", *args), phrase, build_dir=tmp_path / "b")
+
+
+def test_threshold_on_a_model_that_is_not_multi_label(good: Artifacts, tmp_path: Path) -> None:
+    assert_refused(make_image(good, tmp_path / "b", "--threshold", "0.3"),
+                   "--threshold applies to multi-label models only", "softmax over 4 label(s)",
+                   build_dir=tmp_path / "b")
+
+
+def test_single_label_model_keeps_todays_outputs(good: Artifacts, tmp_path: Path) -> None:
+    result = make_image(good, tmp_path / "b", "--no-build")
+    assert result.returncode == 0, result.stderr
+    assert "note:" not in result.stderr
+    for model in ("ensemble_model", "post_processing"):
+        assert '"labels"' not in rendered(tmp_path / "b", model)
+    assert 'string_value: "softmax"' in rendered(tmp_path / "b", "post_processing")
+    assert "text_pair" not in rendered(tmp_path / "b", "ensemble_model")
+
+
+def test_function_override_is_said_and_rendered(good: Artifacts, tmp_path: Path) -> None:
+    """sigmoid over the 4 labels of a softmax model: a notice, and the multi-label output at the default 0.5."""
+    result = make_image(good, tmp_path / "b", "--no-build", "--function", "sigmoid")
+    assert result.returncode == 0, result.stderr
+    assert "note: --function sigmoid overrides softmax" in result.stderr
+    post = rendered(tmp_path / "b", "post_processing")
+    assert 'string_value: "sigmoid"' in post and 'key: "label_threshold" value: { string_value: "0.5" }' in post
+    assert '{ name: "labels", data_type: TYPE_STRING, dims: [ 4 ] }' in rendered(tmp_path / "b", "ensemble_model")
+
+
+def test_multi_label_threshold_is_rendered(tiny_artifacts, tmp_path: Path) -> None:
+    result = make_image(tiny_artifacts("multi_label"), tmp_path / "b", "--no-build", "--threshold", ".25")
+    assert result.returncode == 0, result.stderr
+    assert "note:" not in result.stderr
+    assert 'key: "label_threshold" value: { string_value: ".25" }' in rendered(tmp_path / "b", "post_processing")
+
+
+def test_text_pair_needs_a_passed_parity_check_on_pairs(broken: Artifacts, tmp_path: Path) -> None:
+    edit_report(broken, lambda report: report.pop("pair_parity"))
+    assert_refused(make_image(broken, tmp_path / "b", "--text-pair"), "--text-pair needs a parity check on text pairs",
+                   "convert the model again", build_dir=tmp_path / "b")
+    edit_report(broken, lambda report: report.update(pair_parity={"passed": False, "reason": "tokens differ"}))
+    assert_refused(make_image(broken, tmp_path / "b", "--text-pair"), "records a failed parity check on text pairs",
+                   "tokens differ", build_dir=tmp_path / "b")
+    assert make_image(broken, tmp_path / "b", "--no-build").returncode == 0  # single texts are still served
+
+
+def test_text_pair_renders_the_second_input(good: Artifacts, tmp_path: Path) -> None:
+    result = make_image(good, tmp_path / "b", "--no-build", "--text-pair")
+    assert result.returncode == 0, result.stderr
+    for model in ("ensemble_model", "text_preprocessing"):
+        assert '{ name: "text_pair", data_type: TYPE_STRING, dims: [ 1 ] }' in rendered(tmp_path / "b", model)
+    assert 'input_map { key: "text_pair" value: "text_pair" }' in rendered(tmp_path / "b", "ensemble_model")
+
+
+@pytest.mark.parametrize("name, shown", [("new\nline", r"'\n'"), ("carriage\rreturn", r"'\r'"), ("tab\there", r"'\t'"),
+                                         ("nul\x00", r"'\x00'"), ("line\u2028separator", r"'\u2028'")])
+def test_label_name_that_breaks_the_label_file(broken: Artifacts, tmp_path: Path, name: str, shown: str) -> None:
+    labels = broken.labels()
+    labels["2"] = name
+    broken.id2label.write_text(json.dumps(labels))
+    assert_refused(make_image(broken, tmp_path / "b"), 'id2label: the label name of key "2"', shown,
+                   "Triton's label file", build_dir=tmp_path / "b")
+
+
+def test_report_of_an_older_converter(broken: Artifacts, tmp_path: Path) -> None:
+    """Without function_to_apply: a single-label model with several labels keeps softmax (all that was served
+    before); any other model must be converted again."""
+    edit_report(broken, lambda report: report.update(problem_type="single_label_classification") or
+                report.pop("function_to_apply"))
+    result = make_image(broken, tmp_path / "b", "--no-build")
+    assert result.returncode == 0, result.stderr
+    assert 'string_value: "softmax"' in rendered(tmp_path / "b", "post_processing")
+    edit_report(broken, lambda report: report.update(problem_type="regression"))
+    assert_refused(make_image(broken, tmp_path / "c"), "does not record function_to_apply", "convert the model again",
+                   build_dir=tmp_path / "c")

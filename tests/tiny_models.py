@@ -272,3 +272,42 @@ BUILDERS.update({
     "deberta_v2": build_tiny_deberta_v2,
     "electra": build_tiny_electra,
 })
+
+
+# --- heads of every kind (the pipeline's function: none, sigmoid, softmax) and pair models --------------------
+
+def with_head(kind: str, labels: dict[int, str], problem_type: str | None) -> Callable[[Path], Path]:
+    """A builder of `kind`'s tiny model (same tokenizer and body config) with another classification head:
+    `labels` names its logits, `problem_type` is saved in config.json as a Trainer would leave it."""
+
+    def build(out_dir: Path) -> Path:
+        import shutil
+
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+        base = BUILDERS[kind](out_dir.parent / f"_{out_dir.name}_base")
+        config = AutoConfig.from_pretrained(base)
+        config.id2label = dict(labels)
+        config.label2id = {name: index for index, name in labels.items()}
+        config.problem_type = problem_type
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        _seed()
+        model = AutoModelForSequenceClassification.from_config(config).eval()
+        shutil.rmtree(base)
+        return _save(model, tokenizer, out_dir)
+
+    return build
+
+
+NLI_LABELS = {0: "entailment", 1: "neutral", 2: "contradiction"}
+BUILDERS.update({
+    # single texts
+    "regression": with_head("bert", {0: "rating"}, "regression"),  # raw value (function none)
+    "one_logit": with_head("distilbert", {0: "spam"}, None),  # a single logit, no problem_type: sigmoid
+    "multi_label": with_head("bert", {0: "toxic", 1: "insult", 2: "threat", 3: "obscene"},
+                             "multi_label_classification"),  # sigmoid per label
+    # text pairs
+    "nli_bert": with_head("bert", NLI_LABELS, None),  # WordPiece pair template, token_type_ids: softmax
+    "nli_roberta": with_head("roberta", NLI_LABELS, "single_label_classification"),  # byte-level BPE <s>A</s></s>B</s>
+    "reranker": with_head("bert", {0: "LABEL_0"}, None),  # a cross-encoder: one logit, sigmoid
+})

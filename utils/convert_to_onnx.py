@@ -8,7 +8,9 @@ written. OUTPUT_DIR then holds exactly:
   model.onnx              int64 input_ids, attention_mask [+ token_type_ids], output logits, dynamic axes
   tokenizer/              tokenizer.json (fast) + tokenizer_config.json, as save_pretrained writes them
   id2label.json           {"0": "label", ..., "N-1": "label"}
-  conversion_report.json  source, architecture, opset, max_sequence_length, problem_type, inputs, parity
+  conversion_report.json  source, architecture, opset, max_sequence_length, problem_type, function_to_apply
+                          (what the HF text-classification pipeline applies to the logits), inputs, parity on
+                          single texts and on text pairs
 
 Everything is built in a temporary directory next to OUTPUT_DIR and moved into place only on success.
 --fuse and --quantize (utils/onnx_optimize.py) then speed model.onnx up, each checked before it is kept; the
@@ -36,8 +38,10 @@ from utils.onnx_export import (OUTPUT_NAME, ExportError, architecture_of, check_
                                select_inputs)
 from utils.onnx_optimize import (DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_AGREEMENT, AgreementFigures, OptimizationError,
                                  OptimizeOptions, ServedInputs, optimize)
-from utils.parity import ParityError, ParityFigures, check_parity, encode_reference, pad_batch
+from utils.heads import pipeline_function
+from utils.parity import ParityError, ParityFigures, check_pair_parity, check_parity, encode_reference, pad_batch
 from utils.storages import Artifact, Fetched, FetchRequest, StorageError, available_storages
+from utils.validate_artifacts import label_name_problem
 
 LOGGER = logging.getLogger("convert_to_onnx")
 
@@ -166,7 +170,16 @@ def read_id2label_file(path: Path) -> dict[int, str]:
     bad = [key for key, value in labels.items() if not isinstance(value, str) or not value.strip()]
     if bad:
         raise ConversionError(f"--id2label: label names of keys {bad} in {path} must be non-empty strings")
+    check_label_names(labels, f"--id2label: {path}", "fix the names in the file")
     return labels
+
+
+def check_label_names(labels: dict[int, str], where: str, fix: str) -> None:
+    """Names Triton's label file can hold (one per line): no line breaks or other control characters."""
+    for key, name in sorted(labels.items()):
+        problem = label_name_problem(name)
+        if problem:
+            raise ConversionError(f"{where}: the label name of key \"{key}\" ({name!r}) {problem}; {fix}")
 
 
 def resolve_labels(config: Any, id2label_file: Path | None) -> tuple[dict[str, str], str]:
@@ -177,6 +190,7 @@ def resolve_labels(config: Any, id2label_file: Path | None) -> tuple[dict[str, s
         if sorted(from_config) != list(range(num_labels)):
             raise ConversionError(f"model: config.id2label {from_config} does not name the model's {num_labels} "
                                   "labels; pass --id2label FILE with the names")
+        check_label_names(from_config, "model: config.id2label", "pass --id2label FILE with other names")
         if all(name == f"LABEL_{key}" for key, name in from_config.items()):
             LOGGER.warning("The model's config has only generic label names (LABEL_0...); pass --id2label FILE "
                            "to serve real names")
@@ -194,10 +208,9 @@ def resolve_labels(config: Any, id2label_file: Path | None) -> tuple[dict[str, s
     return {str(key): from_file[key] for key in range(num_labels)}, f"file:{id2label_file}"
 
 
-def problem_type_of(config: Any) -> str:
-    if getattr(config, "problem_type", None):
-        return str(config.problem_type)
-    return "regression" if int(config.num_labels) == 1 else "single_label_classification"
+def problem_type_of(config: Any) -> str | None:
+    """config.problem_type as the pipeline reads it (None when unset: then num_labels decides the function)."""
+    return str(config.problem_type) if getattr(config, "problem_type", None) else None
 
 
 def sequence_limits(model: Any, tokenizer: Any) -> dict[str, int]:
@@ -383,14 +396,22 @@ def convert(model: Source, output_dir: Path, tokenizer: Source | None = None, id
                     staged / MODEL_FILE, opset)
         check_exported(staged / MODEL_FILE, input_names, int(config.num_labels))
         save_tokenizer(hf_tokenizer, staged / TOKENIZER_DIR, max_length)
-        figures = check_parity(torch_model, hf_tokenizer, staged / MODEL_FILE,
-                               staged / TOKENIZER_DIR / "tokenizer.json", max_length, input_names, pad_id)
+        tokenizer_json = staged / TOKENIZER_DIR / "tokenizer.json"
+        figures = check_parity(torch_model, hf_tokenizer, staged / MODEL_FILE, tokenizer_json, max_length,
+                               input_names, pad_id)
+        pair_figures = check_pair_parity(torch_model, hf_tokenizer, staged / MODEL_FILE, tokenizer_json, max_length,
+                                         input_names, pad_id)
         optimization = optimization or OptimizeOptions()
+        function = pipeline_function(problem_type_of(config), int(config.num_labels))
         optimized = optimize(staged / MODEL_FILE, optimization, config,
-                             ServedInputs(staged / TOKENIZER_DIR / "tokenizer.json", max_length, input_names, pad_id),
-                             lambda path: check_parity(torch_model, hf_tokenizer, path,
-                                                       staged / TOKENIZER_DIR / "tokenizer.json", max_length,
+                             ServedInputs(tokenizer_json, max_length, input_names, pad_id, function),
+                             lambda path: check_parity(torch_model, hf_tokenizer, path, tokenizer_json, max_length,
                                                        input_names, pad_id))
+        if optimization.fuse and not optimization.quantize and pair_figures["passed"]:  # pairs on the served graph
+            pair_figures = check_pair_parity(torch_model, hf_tokenizer, staged / MODEL_FILE, tokenizer_json,
+                                             max_length, input_names, pad_id)
+        pair_figures["checked_on"] = ("fp32 export (the int8 model is judged by its agreement with it)"
+                                      if optimization.quantize else "model.onnx")
 
         report = {
             "source": {"model": _source_entry(model, fetched_model),
@@ -402,12 +423,14 @@ def convert(model: Source, output_dir: Path, tokenizer: Source | None = None, id
             "max_sequence_length_limits": limits,
             "problem_type": problem_type_of(config),
             "num_labels": int(config.num_labels),
+            "function_to_apply": function,
             "id2label_source": labels_source,
             "inputs": input_names,
             "outputs": [OUTPUT_NAME],
             "tokenizer": {"class": type(hf_tokenizer).__name__, "converted_to_fast": converted, "pad_id": pad_id},
             "model_sha256": sha256_of(staged / MODEL_FILE),
             "parity": figures.as_dict(),
+            "pair_parity": pair_figures,
             "optimization": {"fused": optimization.fuse, "quantized": optimization.quantize, **optimized},
             "versions": versions(),
         }
@@ -521,14 +544,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     figures = ParityFigures(**report["parity"])
     print(f"parity: {figures.summary()}")
+    pairs = report["pair_parity"]
+    print(f"pair parity: {ParityFigures(**{k: v for k, v in pairs.items() if k != 'checked_on'}).summary()}"
+          if pairs["passed"] else f"pair parity: FAILED, text pairs can't be served (--text-pair): {pairs['reason']}")
     if report["optimization"].get("fusion"):
         fusion = report["optimization"]["fusion"]
         print(f"fusion: {fusion['attention_layers_fused']}/{fusion['layers']} attention layers fused; parity of the "
               f"fused graph: {ParityFigures(**fusion['parity']).summary()}")
     if report["optimization"].get("quantization"):
         print(f"int8 vs fp32: {AgreementFigures(**report['optimization']['quantization']['agreement']).summary()}")
-    print(f"converted {report['architecture']} ({report['num_labels']} labels, inputs {', '.join(report['inputs'])}, "
-          f"max_sequence_length {report['max_sequence_length']}) into {args.output_dir}")
+    print(f"converted {report['architecture']} ({report['num_labels']} label(s), problem_type "
+          f"{report['problem_type'] or 'unset'}: the pipeline applies {report['function_to_apply']}; inputs "
+          f"{', '.join(report['inputs'])}, max_sequence_length {report['max_sequence_length']}) into {args.output_dir}")
     return 0
 
 

@@ -11,7 +11,8 @@
 * Dynamic int8 quantization (`--quantize`): `onnxruntime.quantization.quantize_dynamic`, int8 weights
   (per output channel) and uint8 activations quantized at run time. It cannot meet a 1e-4 logit tolerance,
   so it is judged against the fp32 model it came from on the probe texts: top-label agreement and the largest
-  probability difference, each with a threshold; both are logged and recorded in conversion_report.json.
+  difference of the served values (the pipeline's function of the logits: softmax or sigmoid probabilities, a
+  regression head's raw value), each with a threshold; both are logged and recorded in conversion_report.json.
 
 Graph inputs and outputs are never changed (int64 input_ids, attention_mask [, token_type_ids] -> logits), so
 the Triton template, utils/validate_artifacts.py and Triton's native ONNX Runtime backend take the result as is.
@@ -27,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
+from utils.heads import apply
 from utils.parity import ParityError, ParityFigures, encode_served, onnx_logits, probe_texts
 
 LOGGER = logging.getLogger(__name__)
@@ -65,6 +67,7 @@ class ServedInputs:
     max_length: int
     input_names: Sequence[str]
     pad_id: int
+    function: str = "softmax"  # what post_processing applies to the logits (utils/heads.py)
 
 
 @dataclass(frozen=True)
@@ -339,11 +342,6 @@ def quantize_int8(source: Path, target: Path) -> dict[str, Any]:
             "reduce_range": False, "op_types": op_types, "quantized_nodes": quantized}
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
-
-
 def compare_int8(reference: Path, candidate: Path, served: ServedInputs, min_agreement: float,
                  max_prob_diff: float, texts: Sequence[str] | None = None) -> AgreementFigures:
     """Top labels and probabilities of `candidate` against `reference` on the probe texts, each text alone and
@@ -356,8 +354,10 @@ def compare_int8(reference: Path, candidate: Path, served: ServedInputs, min_agr
         tokenizer.no_truncation()
         texts = probe_texts(lambda text: len(tokenizer.encode(text).ids), served.max_length)
     rows = encode_served(served.tokenizer_json, texts, served.max_length, served.input_names)
-    expected = np.concatenate([_softmax(onnx_logits(reference, rows, served.pad_id, size)) for size in (1, 4)])
-    actual = np.concatenate([_softmax(onnx_logits(candidate, rows, served.pad_id, size)) for size in (1, 4)])
+    expected = np.concatenate([apply(served.function, onnx_logits(reference, rows, served.pad_id, size))
+                               for size in (1, 4)])
+    actual = np.concatenate([apply(served.function, onnx_logits(candidate, rows, served.pad_id, size))
+                             for size in (1, 4)])
     diff = np.abs(expected - actual)
     mismatches = int(np.count_nonzero(expected.argmax(axis=1) != actual.argmax(axis=1)))
     agreement = 1.0 - mismatches / len(expected)

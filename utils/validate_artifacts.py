@@ -1,8 +1,10 @@
 """Check the three inputs of make_triton_image.sh before anything is built.
 
 Prints shell assignments (KEY=VALUE, one per line) that the build script uses to render the template:
-NUM_LABELS, HAS_TOKEN_TYPE_IDS (0/1), MAX_SEQUENCE_LENGTH, QUANTIZED (0/1: dynamic int8 from --quantize). On any problem it prints one message that
-names the argument and the fix, and exits with status 2.
+NUM_LABELS, HAS_TOKEN_TYPE_IDS (0/1), MAX_SEQUENCE_LENGTH, QUANTIZED (0/1: dynamic int8 from --quantize),
+FUNCTION_TO_APPLY (softmax/sigmoid/none: what the HF pipeline applies to this model's logits), PROBLEM_TYPE
+(config.problem_type, "unset" when none). On any problem it prints one message that names the argument and the
+fix, and exits with status 2. With --text-pair the model must also have passed the parity check on text pairs.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import hashlib
 import json
 import shlex
 import sys
+import unicodedata
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,9 @@ CONVERTED_INPUTS = "build/artifacts/model.onnx build/artifacts/tokenizer build/a
 SLOW_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "spm.model",
                         "tokenizer.model", "tokenizer_config.json")
 SANE_MAX_LENGTH = 1_000_000  # transformers writes VERY_LARGE_INTEGER when a tokenizer has no limit
+FUNCTIONS = ("softmax", "sigmoid", "none")
+# Triton's label file (labels.txt, for the classification extension) holds one name per line.
+LINE_BREAKING = {"Cc", "Zl", "Zp"}  # control characters (\n, \r, \t, NUL...), line and paragraph separators
 
 
 class ArtifactError(Exception):
@@ -60,6 +66,11 @@ def load_id2label(path: Path) -> dict[str, str]:
     bad = [key for key, value in data.items() if not isinstance(value, str) or not value.strip()]
     if bad:
         raise ArtifactError(f"id2label: the label names of keys {sorted(bad, key=int)} must be non-empty strings")
+    for key in sorted(data, key=int):
+        problem = label_name_problem(data[key])
+        if problem:
+            raise ArtifactError(f"id2label: the label name of key \"{key}\" ({data[key]!r}) {problem}; rename the "
+                                f"class in {path}")
     return data
 
 
@@ -82,6 +93,16 @@ def tokenizer_path_error(path: Path) -> ArtifactError:
         fix = ("pass the directory written by tokenizer.save_pretrained() for a fast tokenizer "
                "(utils/convert_to_onnx.py writes one)")
     return ArtifactError(f"tokenizer: {path} holds no tokenizer.json; {fix}")
+
+
+def label_name_problem(name: str) -> str | None:
+    """Why Triton's label file cannot hold `name` (one name per line), or None."""
+    bad = sorted({char for char in name if unicodedata.category(char) in LINE_BREAKING})
+    if not bad:
+        return None
+    shown = ", ".join(repr(char) for char in bad)
+    return (f"contains {shown}: a line break or control character that Triton's label file (one name per line, "
+            "for top-k answers) cannot hold")
 
 
 def tokenizer_dir(path: Path) -> Path:
@@ -174,6 +195,30 @@ def position_embeddings(model: Any) -> int | None:
     return min(sizes) if sizes else None
 
 
+def served_function(report: dict[str, Any], report_path: Path, num_labels: int) -> str:
+    """The pipeline's function recorded by the converter. Reports written before it was recorded only served
+    softmax, which is right for a single-label model with several labels; any other model must be converted anew."""
+    function = report.get("function_to_apply")
+    if function in FUNCTIONS:
+        return str(function)
+    if function is None and num_labels > 1 and report.get("problem_type") == "single_label_classification":
+        return "softmax"
+    raise ArtifactError(f"model: {report_path} does not record function_to_apply (softmax, sigmoid or none: what the "
+                        "HF pipeline applies to this model's logits); convert the model again with "
+                        "utils/convert_to_onnx.py")
+
+
+def check_pair_parity(report: dict[str, Any], report_path: Path) -> None:
+    pairs = report.get("pair_parity")
+    if not isinstance(pairs, dict):
+        raise ArtifactError(f"model: --text-pair needs a parity check on text pairs, which {report_path} does not "
+                            "record; convert the model again with utils/convert_to_onnx.py (it checks pairs)")
+    if not pairs.get("passed"):
+        raise ArtifactError(f"model: --text-pair: {report_path} records a failed parity check on text pairs, so "
+                            f"pairs would not be answered as the HF tokenizer and model do: "
+                            f"{pairs.get('reason', 'no reason recorded')}")
+
+
 def load_report(path: Path) -> dict[str, Any]:
     """The converter's report: parity with PyTorch must have been checked for exactly this file."""
     report_path = path.parent / REPORT_NAME
@@ -189,7 +234,8 @@ def load_report(path: Path) -> dict[str, Any]:
     return report
 
 
-def validate(model_path: Path, tokenizer_path: Path, id2label_path: Path) -> dict[str, int]:
+def validate(model_path: Path, tokenizer_path: Path, id2label_path: Path,
+             text_pair: bool = False) -> dict[str, int | str]:
     if not model_path.is_file():  # first: a checkpoint directory as MODEL means "convert first", whatever follows
         raise model_path_error(model_path)
     id2label = load_id2label(id2label_path)
@@ -198,6 +244,10 @@ def validate(model_path: Path, tokenizer_path: Path, id2label_path: Path) -> dic
     has_token_type_ids = check_inputs(model, model_path)
     check_output(model, model_path, len(id2label))
     report = load_report(model_path)
+    report_path = model_path.parent / REPORT_NAME
+    function = served_function(report, report_path, len(id2label))
+    if text_pair:
+        check_pair_parity(report, report_path)
     limits = [value for value in (report.get("max_sequence_length"), tokenizer_max_length(directory),
                                   position_embeddings(model)) if isinstance(value, int) and value > 0]
     return {
@@ -205,6 +255,8 @@ def validate(model_path: Path, tokenizer_path: Path, id2label_path: Path) -> dic
         "HAS_TOKEN_TYPE_IDS": int(has_token_type_ids),
         "MAX_SEQUENCE_LENGTH": min(limits) if limits else 512,
         "QUANTIZED": int(bool(report.get("optimization", {}).get("quantized"))),
+        "FUNCTION_TO_APPLY": function,
+        "PROBLEM_TYPE": str(report.get("problem_type") or "unset"),
     }
 
 
@@ -213,9 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("model", type=Path, help="model.onnx written by utils/convert_to_onnx.py")
     parser.add_argument("tokenizer", type=Path, help="directory holding tokenizer.json")
     parser.add_argument("id2label", type=Path, help='JSON object {"0": "label", ...}')
+    parser.add_argument("--text-pair", action="store_true",
+                        help="the model will be served on text pairs: its parity on pairs must have passed")
     args = parser.parse_args(argv)
     try:
-        values = validate(args.model, args.tokenizer, args.id2label)
+        values = validate(args.model, args.tokenizer, args.id2label, args.text_pair)
     except ArtifactError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,15 +1,22 @@
-"""Triton Python model: logits -> label, score and probabilities.
+"""Triton Python model: logits -> label, score, probabilities [, labels], as transformers' text-classification
+pipeline answers.
 
-The logits of all requests in one `execute` call go through one softmax; each request gets back the
-id2label name of its top class, that class's probability, and all probabilities in id order. A request
-whose logits are not all finite (NaN/inf: a broken model, or a client calling this model directly) gets
-an error of its own instead of a label picked from NaN probabilities; the other requests are served.
+The pipeline's output function (`function_to_apply`: softmax, sigmoid or none, rendered into the config by
+make_triton_image.sh from conversion_report.json) goes over the logits of all requests in one `execute` call.
+Each text gets back the id2label name of its top class (`label`), that class's value (`score`), and every class's
+value in id order (`probabilities`: probabilities for softmax, independent per-class probabilities for sigmoid,
+the raw logits for none, e.g. a regression head's prediction). A multi-label model (sigmoid over 2+ labels) also
+has the output `labels`: the names of the classes whose value is >= the `label_threshold` parameter, highest value
+first, padded with "" to num_labels names (all "" when none applies).
+
+A request whose logits are not all finite (NaN/inf: a broken model, or a client calling this model directly)
+gets an error of its own instead of a label picked from NaN; the other requests are served.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
@@ -29,22 +36,44 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+def identity(logits: np.ndarray) -> np.ndarray:
+    return logits
+
+
+FUNCTIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {"softmax": softmax, "sigmoid": sigmoid, "none": identity}
+
+
+def parameter(config: dict[str, Any], key: str) -> str:
+    return str(config["parameters"][key]["string_value"])
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         num_labels = int(config["input"][0]["dims"][0])
         model_dir = Path(args["model_repository"]) / args["model_version"]
         self.labels = load_labels(model_dir / "id2label.json", num_labels)
+        name = parameter(config, "function_to_apply")
+        if name not in FUNCTIONS:
+            raise ValueError(f"function_to_apply must be one of {sorted(FUNCTIONS)}, got {name!r}")
+        self.function = FUNCTIONS[name]
+        self.threshold = float(parameter(config, "label_threshold"))
+        self.with_labels = "labels" in [output["name"] for output in config["output"]]
 
     def execute(self, requests: list[Any]) -> list[Any]:
         logits = [pb_utils.get_input_tensor_by_name(r, "logits").as_numpy() for r in requests]
         all_logits = np.concatenate(logits).astype(np.float32, copy=False)
         finite = np.isfinite(all_logits).all(axis=1)
         with np.errstate(invalid="ignore", over="ignore"):  # rows with NaN/inf are answered with an error below
-            probabilities = softmax(all_logits)
-        top = probabilities.argmax(axis=1)
+            values = self.function(all_logits).astype(np.float32, copy=False)
+        top = values.argmax(axis=1)
         labels = self.labels[top].reshape(-1, 1)
-        scores = probabilities[np.arange(len(top)), top].reshape(-1, 1)
+        scores = values[np.arange(len(top)), top].reshape(-1, 1)
+        applicable = self.applicable_labels(values) if self.with_labels else None
 
         responses = []
         start = 0
@@ -56,10 +85,20 @@ class TritonPythonModel:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(message)))
                 start = end
                 continue
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
+            tensors = [
                 pb_utils.Tensor("label", labels[start:end]),
                 pb_utils.Tensor("score", scores[start:end]),
-                pb_utils.Tensor("probabilities", probabilities[start:end]),
-            ]))
+                pb_utils.Tensor("probabilities", values[start:end]),
+            ]
+            if applicable is not None:
+                tensors.append(pb_utils.Tensor("labels", applicable[start:end]))
+            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = end
         return responses
+
+    def applicable_labels(self, values: np.ndarray) -> np.ndarray:
+        """[n, num_labels] names: those with value >= threshold, highest first (ties by class id), then ""."""
+        order = np.argsort(-values, axis=1, kind="stable")
+        names = self.labels[order]
+        names[np.take_along_axis(values, order, axis=1) < self.threshold] = b""
+        return names

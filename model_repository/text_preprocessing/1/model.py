@@ -1,12 +1,13 @@
-"""Triton Python model: texts -> token ids for the ONNX classifier.
+"""Triton Python model: texts (or text pairs) -> token ids for the ONNX classifier.
 
 All texts of all requests in one `execute` call go through the tokenizer in a single call; each request
 is then padded to the longest of its own texts (never to a fixed length), so a short request never pays
 for a long neighbour. A request whose text is not valid UTF-8 gets its own error; the rest are served.
 
-A text far beyond the model's limit (say 1 MB) is not tokenized whole only to be truncated: its first
-`max_length * PREFIX_CHARS_PER_TOKEN` characters are, and that prefix's tokens are used only when they provably
-are those of the whole text (see `prefix_is_enough`); otherwise the whole text is tokenized.
+With a second input `text_pair` (make_triton_image.sh --text-pair), row i is the pair (text_input[i],
+text_pair[i]), tokenized as the Hugging Face fast tokenizer does `tokenizer(text, text_pair, truncation=True)`:
+the model's pair template, longest-first truncation to max_length, token_type_ids of the template.
+Very long texts are tokenized only as far as they provably matter: see truncating_encoder.py.
 """
 from __future__ import annotations
 
@@ -18,11 +19,10 @@ from typing import Any
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from tokenizers import Tokenizer
+from truncating_encoder import Item, TruncatingEncoder
 
 LOGGER = logging.getLogger("text_preprocessing")
 PAD_TOKEN_CANDIDATES = ("[PAD]", "<pad>", "<PAD>", "[pad]")
-# Texts longer than max_length * this many characters are tried as a prefix first (a token is rarely > 10).
-PREFIX_CHARS_PER_TOKEN = 50
 
 
 def find_pad_id(tokenizer: Tokenizer, tokenizer_dir: Path) -> int:
@@ -44,7 +44,7 @@ def find_pad_id(tokenizer: Tokenizer, tokenizer_dir: Path) -> int:
     return 0
 
 
-def decode_texts(raw: np.ndarray) -> list[str]:
+def decode_texts(raw: np.ndarray, name: str = "text_input") -> list[str]:
     """Decode a [n, 1] BYTES tensor into n strings; raises ValueError naming the first bad row."""
     texts = []
     for row, value in enumerate(raw.reshape(-1)):
@@ -54,22 +54,17 @@ def decode_texts(raw: np.ndarray) -> list[str]:
         try:
             texts.append(bytes(value).decode("utf-8"))
         except UnicodeDecodeError as err:
-            raise ValueError(f"text_input[{row}] is not valid UTF-8 ({err.reason} at byte {err.start})") from err
+            raise ValueError(f"{name}[{row}] is not valid UTF-8 ({err.reason} at byte {err.start})") from err
     return texts
 
 
-def prefix_is_enough(encoding: Any) -> bool:
-    """Whether a truncated prefix's encoding equals the whole text's.
-
-    The normalizers and pre-tokenizers of `tokenizers` act locally (per character, or by regular expressions
-    scanned left to right), so cutting a text can change only the pre-token (word) the cut falls in, and the
-    model tokenizes each pre-token on its own. If the kept tokens all come from words at least one whole word
-    before the prefix's last word, the rest of the text cannot change them. A tokenizer with no word split
-    (every token of word 0) never qualifies: its long texts are tokenized whole.
-    """
-    kept = [word for word in encoding.word_ids if word is not None]
-    rest = [word for piece in encoding.overflowing for word in piece.word_ids if word is not None]
-    return bool(kept) and bool(rest) and max(kept) + 1 < max(rest)
+def pair_up(texts: list[str], pairs: list[str]) -> list[Item]:
+    """(text_input[i], text_pair[i]) for every row; ValueError when the counts differ. An empty text_pair is no
+    second text, as for transformers: `tokenizer(text, "")` encodes `text` alone (the pipeline calls it so)."""
+    if len(pairs) != len(texts):
+        raise ValueError(f"text_pair has {len(pairs)} rows but text_input has {len(texts)}: send one text_pair "
+                         "per text_input")
+    return [(text, pair) if pair else text for text, pair in zip(texts, pairs)]
 
 
 def error_response(message: str) -> Any:
@@ -84,65 +79,59 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         model_dir = Path(args["model_repository"]) / args["model_version"]
         tokenizer_dir = model_dir / "tokenizer"
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))
-        self.pad_id = find_pad_id(self.tokenizer, tokenizer_dir)
         self.max_length = int(config["parameters"]["max_sequence_length"]["string_value"])
-        # tokenizer.json saved by transformers may carry a fixed padding length: never trust it.
-        self.tokenizer.no_padding()
-        self.tokenizer.enable_truncation(max_length=self.max_length)
+        self.encoder = TruncatingEncoder(str(tokenizer_dir / "tokenizer.json"), self.max_length)
+        self.pad_id = find_pad_id(Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")), tokenizer_dir)
         self.output_names = [output["name"] for output in config["output"]]
         self.with_token_type_ids = "token_type_ids" in self.output_names
-        encode = getattr(self.tokenizer, "encode_batch_fast", None)
-        self.encode_batch = encode if encode is not None else self.tokenizer.encode_batch
-        self.prefix_chars = self.max_length * PREFIX_CHARS_PER_TOKEN
-        LOGGER.info("max_length=%d pad_id=%d outputs=%s", self.max_length, self.pad_id, self.output_names)
+        self.with_text_pair = "text_pair" in [item["name"] for item in config["input"]]
+        LOGGER.info("max_length=%d pad_id=%d pairs=%s outputs=%s", self.max_length, self.pad_id,
+                    self.with_text_pair, self.output_names)
 
     def execute(self, requests: list[Any]) -> list[Any]:
-        per_request: list[list[str] | str] = []
+        per_request: list[list[Item] | str] = []
         for request in requests:
             try:
-                raw = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy()
-                per_request.append(decode_texts(raw))
+                per_request.append(self._decode(request))
             except ValueError as err:
                 per_request.append(str(err))
 
-        all_texts = [text for texts in per_request if isinstance(texts, list) for text in texts]
+        all_items = [item for items in per_request if isinstance(items, list) for item in items]
         try:
-            encodings = self.encode(all_texts)
+            encodings = self.encode(all_items)
         except Exception:  # never seen; isolate the request that causes it instead of failing the batch
             LOGGER.exception("batched tokenization failed: tokenizing request by request")
-            return [self._respond_alone(texts) for texts in per_request]
+            return [self._respond_alone(items) for items in per_request]
 
         responses = []
         start = 0
-        for texts in per_request:
-            if isinstance(texts, str):
-                responses.append(error_response(texts))
+        for items in per_request:
+            if isinstance(items, str):
+                responses.append(error_response(items))
                 continue
-            batch = encodings[start:start + len(texts)]
-            start += len(texts)
+            batch = encodings[start:start + len(items)]
+            start += len(items)
             responses.append(pb_utils.InferenceResponse(output_tensors=self._tensors(batch)))
         return responses
 
-    def encode(self, texts: list[str]) -> list[Any]:
-        """Encodings of `texts`: one batched tokenizer call, plus one for the prefixes of texts far beyond
-        max_length when there are any (a prefix whose tokens are not provably the whole text's is dropped)."""
-        long_rows = [row for row, text in enumerate(texts) if len(text) > self.prefix_chars]
-        if not long_rows:
-            return self.encode_batch(texts) if texts else []
-        # encode_batch (not _fast): prefix_is_enough needs the word ids.
-        prefixes = self.tokenizer.encode_batch([texts[row][:self.prefix_chars] for row in long_rows])
-        known = {row: enc for row, enc in zip(long_rows, prefixes) if prefix_is_enough(enc)}
-        rest = [row for row in range(len(texts)) if row not in known]
-        for row, encoding in zip(rest, self.encode_batch([texts[row] for row in rest]) if rest else []):
-            known[row] = encoding
-        return [known[row] for row in range(len(texts))]
+    def _decode(self, request: Any) -> list[Item]:
+        """The request's texts, or its (text, text_pair) pairs; ValueError saying what is wrong with them."""
+        texts = decode_texts(pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy())
+        if not self.with_text_pair:
+            return list(texts)
+        pairs = decode_texts(pb_utils.get_input_tensor_by_name(request, "text_pair").as_numpy(), "text_pair")
+        return pair_up(texts, pairs)
 
-    def _respond_alone(self, texts: list[str] | str) -> Any:
-        if isinstance(texts, str):
-            return error_response(texts)
+    def encode(self, items: list[Item]) -> list[Any]:
+        """Encodings of `items` (texts or pairs): one batched tokenizer call, plus one for the prefixes of items
+        far beyond max_length when there are any (see truncating_encoder.py)."""
+        return self.encoder.encode(items)
+
+    def _respond_alone(self, items: list[Item] | str) -> Any:
+        if isinstance(items, str):
+            return error_response(items)
         try:
-            return pb_utils.InferenceResponse(output_tensors=self._tensors(self.encode(texts)))
+            return pb_utils.InferenceResponse(output_tensors=self._tensors(self.encode(items)))
         except Exception as err:  # noqa: BLE001 - reported to the client that sent it
             error = pb_utils.TritonError(f"text_preprocessing: tokenizer failed: {err}")
             return pb_utils.InferenceResponse(error=error)
