@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+import tritoned_metrics  # tritoned_* metrics: tritoned_metrics.py beside this file
 from tokenizers import Tokenizer
 
 LOGGER = logging.getLogger("text_preprocessing")
@@ -96,6 +97,7 @@ class TritonPythonModel:
         self.encode_batch = encode if encode is not None else self.tokenizer.encode_batch
         self.prefix_chars = self.max_length * PREFIX_CHARS_PER_TOKEN
         LOGGER.info("max_length=%d pad_id=%d outputs=%s", self.max_length, self.pad_id, self.output_names)
+        self.metrics = tritoned_metrics.create(config, self.tokenizer, self.max_length, self.prefix_chars)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         per_request: list[list[str] | str] = []
@@ -111,7 +113,9 @@ class TritonPythonModel:
             encodings = self.encode(all_texts)
         except Exception:  # never seen; isolate the request that causes it instead of failing the batch
             LOGGER.exception("batched tokenization failed: tokenizing request by request")
-            return [self._respond_alone(texts) for texts in per_request]
+            responses = [self._respond_alone(texts) for texts in per_request]
+            self.metrics.record(requests, responses, None)
+            return responses
 
         responses = []
         start = 0
@@ -122,6 +126,7 @@ class TritonPythonModel:
             batch = encodings[start:start + len(texts)]
             start += len(texts)
             responses.append(pb_utils.InferenceResponse(output_tensors=self._tensors(batch)))
+        self.metrics.record(requests, responses, encodings)
         return responses
 
     def encode(self, texts: list[str]) -> list[Any]:
