@@ -46,14 +46,11 @@ def reason_of(message: str) -> str:
 
 def settings(config: dict[str, Any]) -> tuple[bool, str]:
     """(metrics on, the `model` label) from the config parameters make_triton_image.sh renders."""
-    parameters = config.get("parameters", {})
-    enabled = parameters.get("model_metrics", {}).get("string_value", "false") == "true"
-    model = parameters.get("model_name", {}).get("string_value", "")
-    if enabled and not model:
-        raise ValueError(f"{config.get('name')}: model_metrics is on but the model_name parameter (the ensemble's "
-                         "name, the metrics' model label) is missing; assemble the repository with "
-                         "make_triton_image.sh")
-    return enabled, model
+    parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
+    if parameters.get("model_metrics") == "true" and not parameters.get("model_name"):
+        raise ValueError(f"{config.get('name')}: model_metrics is on but model_name (the metrics' model label) is "
+                         "missing; assemble the repository with make_triton_image.sh")
+    return parameters.get("model_metrics") == "true", parameters.get("model_name", "")
 
 
 def create(config: dict[str, Any], tokenizer: Any, max_length: int, char_limit: int) -> "TokenizationMetrics | Disabled":
