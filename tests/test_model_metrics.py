@@ -29,7 +29,8 @@ MODEL_NAME = "support_intents"  # not the default: the `model` label must be the
 MAX_LENGTH = 64  # the tiny models' max_position_embeddings
 # Label names a Prometheus exposition must escape or carry as UTF-8.
 ID2LABEL = {"0": "help", "1": 'order "status"', "2": "refund \\ возврат", "3": "спасибо 🙂 {thanks}"}
-SHORT = ["where is my order", "помогите мне", "thank you very much", "the app crashes when I log in", "", "I want a refund"]
+SHORT = ["where is my order", "помогите мне", "thank you very much", "the app crashes when I log in", "",
+         "I want a refund"]
 LONG = ["help " * 200, "where is my order " * 20, "спасибо за помощь " * 30]  # all beyond 64 tokens
 TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # text_preprocessing/1/tritoned_metrics.py
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # post_processing/1/tritoned_metrics.py
@@ -183,6 +184,26 @@ def test_counts_are_exact_after_known_texts(served: Served) -> None:
             assert delta("tritoned_top_score_bucket", label=name, le=bound) == count, (name, bound, scores)
 
 
+def test_health_probe_requests_are_not_counted(served: Served) -> None:
+    """Requests with the parameter tritoned_probe=true (the gateway's end-to-end probe, every few seconds on every
+    replica) leave every tritoned_* series as it was; tritoned_probe=false is ordinary traffic."""
+    http = httpclient.InferenceServerClient(served.server.http_url)
+    grpc = grpcclient.InferenceServerClient(served.server.grpc_url)
+    before = samples(scrape(served.server))
+    http.infer(MODEL_NAME, [text_input(httpclient, [LONG[0], SHORT[0]])], parameters={"tritoned_probe": True})
+    grpc.infer(MODEL_NAME, [text_input(grpcclient, [SHORT[1]])], parameters={"tritoned_probe": True})
+    with pytest.raises(InferenceServerException, match="not valid UTF-8"):
+        http.infer(MODEL_NAME, [text_input(httpclient, [b"\xff"])], parameters={"tritoned_probe": True})
+    assert {key: v for key, v in samples(scrape(served.server)).items() if key[0].startswith("tritoned_")} == \
+        {key: v for key, v in before.items() if key[0].startswith("tritoned_")}
+    result = http.infer(MODEL_NAME, [text_input(httpclient, [SHORT[0]])], parameters={"tritoned_probe": False})
+    after = samples(scrape(served.server))
+    label = result.as_numpy("label").reshape(-1)[0].decode()
+    assert value(after, "tritoned_texts_tokenized_total") - value(before, "tritoned_texts_tokenized_total") == 1
+    assert value(after, "tritoned_label_predictions_total", label=label) - \
+        value(before, "tritoned_label_predictions_total", label=label) == 1
+
+
 def test_every_series_is_there_from_the_start_with_help_and_type(served: Served) -> None:
     """Bounded label sets, all at 0 before any traffic: every label name, every reason, one of everything else."""
     families = {family.name: family for family in text_string_to_metric_families(scrape(served.server))
@@ -286,8 +307,8 @@ def metrics_module(tmp_path_factory):
 
     sys.path.insert(0, str(Path(pytriton.__file__).parent / "tritonserver" / "backends" / "python"))
     try:
-        spec = importlib.util.spec_from_file_location(
-            "text_preprocessing_metrics", ROOT / "model_repository" / "text_preprocessing" / "1" / "tritoned_metrics.py")
+        path = ROOT / "model_repository" / "text_preprocessing" / "1" / "tritoned_metrics.py"
+        spec = importlib.util.spec_from_file_location("text_preprocessing_metrics", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:

@@ -7,14 +7,15 @@
 
 `model` is the ensemble's name. make_triton_image.sh renders two config parameters: `model_metrics` ("true", or
 "false" with --no-model-metrics) and `model_name`. Off (or without the parameter) no metric family is created and
-`record` does nothing.
+`record` does nothing. Requests with the parameter tritoned_probe=true (the gateway's health probe) are not counted.
 
-Cost: every update of a Python-backend metric is a round trip to the server (~20-30 us), so a batch costs one call
-per counter that changed and one `observe` per text (a histogram has no weighted observe). Recording never fails a
-batch: an error is logged and the answers go out.
+Cost: every update of a Python-backend metric is a round trip to the server (measured: ~18 us, of which ~16 us
+CPU in the stub and the server together): a batch costs one call per counter that changed and one `observe` per text
+(a histogram has no weighted observe). Recording never fails a batch: an error is logged, the answers go out.
 """
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any, Sequence
 
@@ -23,13 +24,16 @@ import triton_python_backend_utils as pb_utils
 LOGGER = logging.getLogger("text_preprocessing.metrics")
 
 # reason label -> a phrase of the error messages it stands for; the first match wins, no match is "other", so the
-# label values stay these five whatever a message says.
+# label values stay these four whatever a message says.
 REJECT_REASONS = {
     "invalid_utf8": "not valid UTF-8",        # text_input[i] (or text_pair[i]) is not valid UTF-8 (...)
     "bad_pair": "text_pair",                  # text_pair's rows do not match text_input's
     "tokenizer_error": "tokenizer failed",    # the tokenizer raised on this request's texts
 }
 OTHER_REASON = "other"
+# A request with this parameter set to true is not counted: the gateway's end-to-end health probe sends it, so that
+# the probe texts (one every few seconds on every replica) do not show up as traffic.
+PROBE_PARAMETER = "tritoned_probe"
 LENGTH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # plus the model's max length, and +Inf
 
 
@@ -38,6 +42,11 @@ class Disabled:
 
     def record(self, requests: Sequence[Any], responses: Sequence[Any], encodings: Sequence[Any] | None) -> None:
         pass
+
+
+def is_probe(request: Any) -> bool:
+    parameters = request.parameters()  # a JSON object; the ensemble passes its request's parameters on
+    return PROBE_PARAMETER in parameters and json.loads(parameters).get(PROBE_PARAMETER) is True
 
 
 def reason_of(message: str) -> str:
@@ -53,7 +62,8 @@ def settings(config: dict[str, Any]) -> tuple[bool, str]:
     return parameters.get("model_metrics") == "true", parameters.get("model_name", "")
 
 
-def create(config: dict[str, Any], tokenizer: Any, max_length: int, char_limit: int) -> "TokenizationMetrics | Disabled":
+def create(config: dict[str, Any], tokenizer: Any, max_length: int,
+           char_limit: int) -> "TokenizationMetrics | Disabled":
     """The metrics of the model whose parsed config this is. `char_limit`: the most characters of each side of a
     pair that are re-tokenized to count a truncated pair's tokens (see `tokens_before_truncation`)."""
     enabled, model = settings(config)
@@ -84,7 +94,8 @@ def _texts(request: Any, name: str) -> list[str] | None:
     tensor = pb_utils.get_input_tensor_by_name(request, name)
     if tensor is None:
         return None
-    return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in tensor.as_numpy().reshape(-1)]
+    values = tensor.as_numpy().reshape(-1)
+    return [value.decode("utf-8") if isinstance(value, bytes) else str(value) for value in values]
 
 
 class TokenizationMetrics:
@@ -133,6 +144,9 @@ class TokenizationMetrics:
         start = 0
         for request, response in zip(requests, responses):
             rows = int(pb_utils.get_input_tensor_by_name(request, "text_input").shape()[0])
+            if is_probe(request):
+                start += 0 if response.has_error() else rows
+                continue
             if response.has_error():
                 reason = reason_of(response.error().message())
                 rejected[reason] = rejected.get(reason, 0) + rows
