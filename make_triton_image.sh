@@ -170,6 +170,9 @@ assemble() {
   mkdir -p "$staging/context"
   cp -R "$ROOT/model_repository" "$repo"
   mv "$repo/ensemble" "$repo/$MODEL_NAME"
+  # One module serves both Python models; Triton imports it from beside each model.py.
+  cp "$repo/tritoned_metrics.py" "$repo/post_processing/1/"
+  mv "$repo/tritoned_metrics.py" "$repo/text_preprocessing/1/"
   mkdir -p "$repo/$MODEL_NAME/1" "$repo/model_onnx/1"  # git keeps no empty version directories
   cp "$model" "$repo/model_onnx/1/model.onnx"
   cp "$id2label" "$repo/post_processing/1/id2label.json"

@@ -240,7 +240,7 @@ def test_prefix_of_a_long_text_gives_the_whole_texts_tokens(kind: str, tmp_path:
         if (hf_dir / name).is_file():
             (tokenizer_dir / name).write_bytes((hf_dir / name).read_bytes())
     monkeypatch.syspath_prepend(str(python_backend_utils))
-    monkeypatch.syspath_prepend(str(ROOT / "model_repository" / "text_preprocessing" / "1"))  # as Triton does
+    monkeypatch.syspath_prepend(str(ROOT / "model_repository"))  # tritoned_metrics.py, beside model.py once built
     spec = importlib.util.spec_from_file_location(
         f"text_preprocessing_{kind}", ROOT / "model_repository" / "text_preprocessing" / "1" / "model.py")
     module = importlib.util.module_from_spec(spec)

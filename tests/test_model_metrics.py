@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,8 @@ ID2LABEL = {"0": "help", "1": 'order "status"', "2": "refund \\ возврат",
 SHORT = ["where is my order", "помогите мне", "thank you very much", "the app crashes when I log in", "",
          "I want a refund"]
 LONG = ["help " * 200, "where is my order " * 20, "спасибо за помощь " * 30]  # all beyond 64 tokens
-TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # text_preprocessing/1/tritoned_metrics.py
-SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # post_processing/1/tritoned_metrics.py
+TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # model_repository/tritoned_metrics.py
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # the same module
 REASONS = ("invalid_utf8", "bad_pair", "tokenizer_error", "other")
 DASHBOARD = ROOT / "deploy" / "grafana" / "tritoned-bert.json"
 # p50/p99 in the dashboard come from Triton's latency summaries, which are off by default.
@@ -57,6 +58,21 @@ def raw_samples(text: str) -> list:
 
 def samples(text: str) -> Samples:
     return {(sample.name, frozenset(sample.labels.items())): sample.value for sample in raw_samples(text)}
+
+
+def settled(server: LocalTriton, timeout: float = 30) -> Samples:
+    """The tritoned_* samples once they stop changing: the models send their updates every second from a thread."""
+    def ours() -> Samples:
+        return {key: v for key, v in samples(scrape(server)).items() if key[0].startswith("tritoned_")}
+
+    last, deadline = ours(), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(2.5)  # over two send intervals
+        now = ours()
+        if now == last:
+            return now
+        last = now
+    raise AssertionError(f"tritoned_* metrics still changing after {timeout:.0f} s")
 
 
 def value(found: Samples, name: str, **labels: str) -> float:
@@ -150,9 +166,9 @@ def send_known_traffic(served: Served) -> tuple[list[str], list[tuple[str, float
 
 
 def test_counts_are_exact_after_known_texts(served: Served) -> None:
-    before = samples(scrape(served.server))
+    before = settled(served.server)
     texts, answers = send_known_traffic(served)
-    after = samples(scrape(served.server))
+    after = settled(served.server)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -189,15 +205,14 @@ def test_health_probe_requests_are_not_counted(served: Served) -> None:
     replica) leave every tritoned_* series as it was; tritoned_probe=false is ordinary traffic."""
     http = httpclient.InferenceServerClient(served.server.http_url)
     grpc = grpcclient.InferenceServerClient(served.server.grpc_url)
-    before = samples(scrape(served.server))
+    before = settled(served.server)
     http.infer(MODEL_NAME, [text_input(httpclient, [LONG[0], SHORT[0]])], parameters={"tritoned_probe": True})
     grpc.infer(MODEL_NAME, [text_input(grpcclient, [SHORT[1]])], parameters={"tritoned_probe": True})
     with pytest.raises(InferenceServerException, match="not valid UTF-8"):
         http.infer(MODEL_NAME, [text_input(httpclient, [b"\xff"])], parameters={"tritoned_probe": True})
-    assert {key: v for key, v in samples(scrape(served.server)).items() if key[0].startswith("tritoned_")} == \
-        {key: v for key, v in before.items() if key[0].startswith("tritoned_")}
+    assert settled(served.server) == before
     result = http.infer(MODEL_NAME, [text_input(httpclient, [SHORT[0]])], parameters={"tritoned_probe": False})
-    after = samples(scrape(served.server))
+    after = settled(served.server)
     label = result.as_numpy("label").reshape(-1)[0].decode()
     assert value(after, "tritoned_texts_tokenized_total") - value(before, "tritoned_texts_tokenized_total") == 1
     assert value(after, "tritoned_label_predictions_total", label=label) - \
@@ -299,7 +314,7 @@ def test_every_dashboard_query_uses_series_the_server_exports(served: Served) ->
 
 @pytest.fixture(scope="module")
 def metrics_module(tmp_path_factory):
-    """text_preprocessing/1/tritoned_metrics.py, imported with Triton's own triton_python_backend_utils.py."""
+    """model_repository/tritoned_metrics.py, imported with Triton's own triton_python_backend_utils.py."""
     import importlib.util
     import sys
 
@@ -307,8 +322,8 @@ def metrics_module(tmp_path_factory):
 
     sys.path.insert(0, str(Path(pytriton.__file__).parent / "tritonserver" / "backends" / "python"))
     try:
-        path = ROOT / "model_repository" / "text_preprocessing" / "1" / "tritoned_metrics.py"
-        spec = importlib.util.spec_from_file_location("text_preprocessing_metrics", path)
+        spec = importlib.util.spec_from_file_location("tritoned_metrics_under_test",
+                                                      ROOT / "model_repository" / "tritoned_metrics.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
     finally:

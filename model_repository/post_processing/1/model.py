@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-import tritoned_metrics  # tritoned_* metrics: tritoned_metrics.py beside this file
+import tritoned_metrics  # tritoned_* metrics (model_repository/tritoned_metrics.py, copied beside this file)
 
 
 def load_labels(path: Path, num_labels: int) -> np.ndarray:
@@ -36,7 +36,7 @@ class TritonPythonModel:
         num_labels = int(config["input"][0]["dims"][0])
         model_dir = Path(args["model_repository"]) / args["model_version"]
         self.labels = load_labels(model_dir / "id2label.json", num_labels)
-        self.metrics = tritoned_metrics.create(config, self.labels)
+        self.metrics = tritoned_metrics.prediction_metrics(config, self.labels)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         logits = [pb_utils.get_input_tensor_by_name(r, "logits").as_numpy() for r in requests]
@@ -66,3 +66,6 @@ class TritonPythonModel:
             start = end
         self.metrics.record(requests, responses, top, scores)
         return responses
+
+    def finalize(self) -> None:
+        self.metrics.close()

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-import tritoned_metrics  # tritoned_* metrics: tritoned_metrics.py beside this file
+import tritoned_metrics  # tritoned_* metrics (model_repository/tritoned_metrics.py, copied beside this file)
 from tokenizers import Tokenizer
 
 LOGGER = logging.getLogger("text_preprocessing")
@@ -97,7 +97,7 @@ class TritonPythonModel:
         self.encode_batch = encode if encode is not None else self.tokenizer.encode_batch
         self.prefix_chars = self.max_length * PREFIX_CHARS_PER_TOKEN
         LOGGER.info("max_length=%d pad_id=%d outputs=%s", self.max_length, self.pad_id, self.output_names)
-        self.metrics = tritoned_metrics.create(config, self.tokenizer, self.max_length, self.prefix_chars)
+        self.metrics = tritoned_metrics.tokenization_metrics(config, self.tokenizer, self.max_length, self.prefix_chars)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         per_request: list[list[str] | str] = []
@@ -128,6 +128,9 @@ class TritonPythonModel:
             responses.append(pb_utils.InferenceResponse(output_tensors=self._tensors(batch)))
         self.metrics.record(requests, responses, encodings)
         return responses
+
+    def finalize(self) -> None:
+        self.metrics.close()
 
     def encode(self, texts: list[str]) -> list[Any]:
         """Encodings of `texts`: one batched tokenizer call, plus one for the prefixes of texts far beyond
