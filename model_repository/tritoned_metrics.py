@@ -24,9 +24,11 @@ has no weighted observe). A failure to send is logged once; it never reaches a c
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import threading
+from collections import Counter
 from typing import Any, Sequence
 
 import triton_python_backend_utils as pb_utils
@@ -225,32 +227,44 @@ class TokenizationMetrics:
         the requests answered without error, in order (None: unknown, only texts and rejections are counted)."""
         counts: dict[Any, float] = {}
         observations: list[tuple[Any, float]] = []
-        start = 0
-        for request, response in zip(requests, responses):
-            rows = int(pb_utils.get_input_tensor_by_name(request, "text_input").shape()[0])
-            failed = response.has_error()
-            if is_probe(request):
-                start += 0 if failed else rows
-                continue
-            if failed:
-                metric = self._rejected[reason_of(response.error().message())]
-                counts[metric] = counts.get(metric, 0.0) + rows
-                continue
-            counts[self._tokenized] = counts.get(self._tokenized, 0.0) + rows
-            if encodings is None:
-                continue
-            pairs: list[tuple[str, str]] | None = None
-            for row, encoding in enumerate(encodings[start:start + rows]):
-                length = len(encoding)  # (not len(encoding.ids): that copies the ids into a list)
-                if encoding.overflowing:
-                    counts[self._truncated] = counts.get(self._truncated, 0.0) + 1
-                    if encoding.n_sequences > 1 and pairs is None:
-                        pairs = list(zip(_texts(request, "text_input"), _texts(request, "text_pair")))
-                    length = tokens_before_truncation(encoding, self._tokenizer, self._single_specials,
-                                                      pairs[row] if pairs else None, self._char_limit)
-                observations.append((self._lengths, float(length)))
-            start += rows
+        failed = [response.has_error() for response in responses]
+        probes = [is_probe(request) for request in requests]
+        if encodings is not None and not any(failed) and not any(probes) and all(
+                not encoding.overflowing or encoding.n_sequences == 1 for encoding in encodings):
+            # The common case, without a look at the requests: every text is counted, none is a truncated pair.
+            self._count_texts(encodings, None, counts, observations)
+        else:
+            start = 0
+            for request, response, response_failed, probe in zip(requests, responses, failed, probes):
+                rows = int(pb_utils.get_input_tensor_by_name(request, "text_input").shape()[0])
+                if response_failed:
+                    if not probe:
+                        rejected = self._rejected[reason_of(response.error().message())]
+                        counts[rejected] = counts.get(rejected, 0.0) + rows
+                    continue
+                if not probe:
+                    if encodings is None:
+                        counts[self._tokenized] = counts.get(self._tokenized, 0.0) + rows
+                    else:
+                        self._count_texts(encodings[start:start + rows], request, counts, observations)
+                start += rows
         self._sender.add(counts, observations)
+
+    def _count_texts(self, encodings: Sequence[Any], request: Any, counts: dict[Any, float],
+                     observations: list[tuple[Any, float]]) -> None:
+        """Texts tokenized and truncated, and the token counts, of `encodings` (those of `request`, needed only for
+        truncated pairs)."""
+        counts[self._tokenized] = counts.get(self._tokenized, 0.0) + len(encodings)
+        pairs: list[tuple[str, str]] | None = None
+        for row, encoding in enumerate(encodings):
+            length = len(encoding)  # (not len(encoding.ids): that copies the ids into a list)
+            if encoding.overflowing:
+                counts[self._truncated] = counts.get(self._truncated, 0.0) + 1
+                if encoding.n_sequences > 1 and pairs is None:
+                    pairs = list(zip(_texts(request, "text_input"), _texts(request, "text_pair")))
+                length = tokens_before_truncation(encoding, self._tokenizer, self._single_specials,
+                                                  pairs[row] if pairs else None, self._char_limit)
+            observations.append((self._lengths, float(length)))
 
     def close(self) -> None:
         self._sender.close()
@@ -283,18 +297,19 @@ class PredictionMetrics:
         row per text of all requests, in order (numpy arrays); `applied` (multi-label models): a [texts, num_labels]
         boolean array of the labels each answer applies, counted instead of the top label."""
         top_ids, top_scores = top.reshape(-1).tolist(), scores.reshape(-1).tolist()
-        applied_ids = [row.nonzero()[0].tolist() for row in applied] if applied is not None else None
-        counts: dict[Any, float] = {}
-        observations: list[tuple[Any, float]] = []
-        start = 0
-        for request, response in zip(requests, responses):
-            rows = int(pb_utils.get_input_tensor_by_name(request, "logits").shape()[0])
-            if not (response.has_error() or is_probe(request)):
-                for row in range(start, start + rows):
-                    for label in ([top_ids[row]] if applied_ids is None else applied_ids[row]):
-                        counts[self._predictions[label]] = counts.get(self._predictions[label], 0.0) + 1
-                    observations.append((self._scores[top_ids[row]], float(top_scores[row])))
-            start += rows
+        excluded = [response.has_error() or is_probe(request) for request, response in zip(requests, responses)]
+        if any(excluded):  # keep only the rows of the requests answered (and not the probe's)
+            rows = [int(pb_utils.get_input_tensor_by_name(request, "logits").shape()[0]) for request in requests]
+            kept = [row for index, (start, size) in enumerate(zip(itertools.accumulate([0, *rows]), rows))
+                    if not excluded[index] for row in range(start, start + size)]
+        else:
+            kept = range(len(top_ids))
+        if applied is None:
+            labels = Counter(top_ids[row] for row in kept)
+        else:
+            labels = Counter(label for row in kept for label in applied[row].nonzero()[0].tolist())
+        counts = {self._predictions[label]: float(count) for label, count in labels.items()}
+        observations = [(self._scores[top_ids[row]], float(top_scores[row])) for row in kept]
         self._sender.add(counts, observations)
 
     def close(self) -> None:
