@@ -71,6 +71,8 @@ Options:
                            Each request is padded to its own length, so model_onnx batches only
                            equal-length requests; a delay adds up to 3 x N us to every request
                            at low load and gained nothing measurable at 16 requests in flight.
+  --no-model-metrics       no tritoned_* metrics on the metrics port (Triton's own nv_* stay;
+                           see the README's metrics section)
   -h, --help               this help
 
 Every input is checked before anything is built; a failure names the argument and the fix.
@@ -91,6 +93,7 @@ THRESHOLD=""
 DEFAULT_THRESHOLD="0.5"
 POSITIONAL=()
 export PREPROCESSING_INSTANCES=1 MODEL_INSTANCES=2 ORT_INTRA_OP_THREADS=1 BATCH_DELAY_US=0  # see --help; bench/
+export MODEL_METRICS=true  # --no-model-metrics: false
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"; }
 
@@ -110,6 +113,7 @@ parse_args() {
       --model-instances) need_value "$@"; MODEL_INSTANCES="$2"; shift ;;
       --ort-threads) need_value "$@"; ORT_INTRA_OP_THREADS="$2"; shift ;;
       --batch-delay-us) need_value "$@"; BATCH_DELAY_US="$2"; shift ;;
+      --no-model-metrics) MODEL_METRICS=false ;;
       --) shift; POSITIONAL+=("$@"); break ;;
       -*) die "unknown option: $1 (see --help)" ;;
       *) POSITIONAL+=("$1") ;;
@@ -236,6 +240,9 @@ assemble() {
   mkdir -p "$staging/context"
   cp -R "$ROOT/model_repository" "$repo"
   mv "$repo/ensemble" "$repo/$MODEL_NAME"
+  # One module serves both Python models; Triton imports it from beside each model.py.
+  cp "$repo/tritoned_metrics.py" "$repo/post_processing/1/"
+  mv "$repo/tritoned_metrics.py" "$repo/text_preprocessing/1/"
   mkdir -p "$repo/$MODEL_NAME/1" "$repo/model_onnx/1"  # git keeps no empty version directories
   cp "$model" "$repo/model_onnx/1/model.onnx"
   cp "$id2label" "$repo/post_processing/1/id2label.json"

@@ -7,11 +7,15 @@ import json
 from typing import Any
 
 STRING_DATATYPE = "BYTES"
+# A request parameter that the ensemble passes on to its models: the model metrics (model_repository/
+# tritoned_metrics.py) do not count a request that carries it, so health probes never show up as traffic.
+PROBE_PARAMETER = "tritoned_probe"
 
 
 def request_body(metadata: dict[str, Any], text: str) -> bytes | None:
     """A JSON inference request that puts `text` into every input of the model described by `metadata`
-    (Triton's model metadata); None when the model has an input that is not a string (no text probes it)."""
+    (Triton's model metadata), marked as a probe (PROBE_PARAMETER); None when the model has an input that is not
+    a string (no text probes it)."""
     inputs = []
     for tensor in metadata.get("inputs", []):
         if tensor.get("datatype") != STRING_DATATYPE:
@@ -21,7 +25,7 @@ def request_body(metadata: dict[str, Any], text: str) -> bytes | None:
         for d in shape:
             count *= d
         inputs.append({"name": tensor["name"], "datatype": STRING_DATATYPE, "shape": shape, "data": [text] * count})
-    return json.dumps({"inputs": inputs}).encode() if inputs else None
+    return json.dumps({"parameters": {PROBE_PARAMETER: True}, "inputs": inputs}).encode() if inputs else None
 
 
 def answer_problem(metadata: dict[str, Any], status: int, body: bytes) -> str | None:

@@ -24,6 +24,9 @@ SERVER_OPTIONS = (
     # whose backend process died; every model of the repository is loaded at start.
     "--model-control-mode=explicit",
     "--load-model=*",
+    # Latency quantiles per model on the metrics port (nv_inference_request_summary_us...): the p50/p99 of the
+    # Grafana dashboard (deploy/grafana/); Triton's latency histograms cover only the first response.
+    "--metrics-config=summary_latencies=true",
 )
 # Without an NVIDIA GPU these only produce warnings (NVML, pinned memory): leave them out on CPU.
 CPU_OPTIONS = ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0")

@@ -187,6 +187,7 @@ def test_model_swapped_after_the_parity_check(broken: Artifacts, tmp_path: Path)
     (["ok", "v1", "4", "extra"], "expected 3 to 6 arguments"),
     (["--model-instances", "0"], "--model-instances must be an integer >= 1"),
     (["--wheelhouse", "/nonexistent"], "holds no .whl files"),
+    (["--no-model-metrics=yes"], "unknown option: --no-model-metrics=yes"),  # a switch: takes no value
 ])
 def test_bad_arguments(good: Artifacts, tmp_path: Path, args: list[str], phrase: str) -> None:
     assert_refused(make_image(good, tmp_path / "b", *args), phrase, build_dir=tmp_path / "b")

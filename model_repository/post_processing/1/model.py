@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+import tritoned_metrics  # tritoned_* metrics (model_repository/tritoned_metrics.py, copied beside this file)
 
 
 def load_labels(path: Path, num_labels: int) -> np.ndarray:
@@ -63,6 +64,7 @@ class TritonPythonModel:
         self.function = FUNCTIONS[name]
         self.threshold = float(parameter(config, "label_threshold"))
         self.with_labels = "labels" in [output["name"] for output in config["output"]]
+        self.metrics = tritoned_metrics.prediction_metrics(config, self.labels)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         logits = [pb_utils.get_input_tensor_by_name(r, "logits").as_numpy() for r in requests]
@@ -94,6 +96,8 @@ class TritonPythonModel:
                 tensors.append(pb_utils.Tensor("labels", applicable[start:end]))
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = end
+        self.metrics.record(requests, responses, top, scores,
+                            applied=values >= self.threshold if self.with_labels else None)
         return responses
 
     def applicable_labels(self, values: np.ndarray) -> np.ndarray:
@@ -102,3 +106,6 @@ class TritonPythonModel:
         names = self.labels[order]
         names[np.take_along_axis(values, order, axis=1) < self.threshold] = b""
         return names
+
+    def finalize(self) -> None:
+        self.metrics.close()

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+import tritoned_metrics  # tritoned_* metrics (model_repository/tritoned_metrics.py, copied beside this file)
 from tokenizers import Tokenizer
 from truncating_encoder import Item, TruncatingEncoder
 
@@ -87,6 +88,7 @@ class TritonPythonModel:
         self.with_text_pair = "text_pair" in [item["name"] for item in config["input"]]
         LOGGER.info("max_length=%d pad_id=%d pairs=%s outputs=%s", self.max_length, self.pad_id,
                     self.with_text_pair, self.output_names)
+        self.metrics = tritoned_metrics.tokenization_metrics(config, self.encoder.tokenizer, self.max_length)
 
     def execute(self, requests: list[Any]) -> list[Any]:
         per_request: list[list[Item] | str] = []
@@ -101,7 +103,9 @@ class TritonPythonModel:
             encodings = self.encode(all_items)
         except Exception:  # never seen; isolate the request that causes it instead of failing the batch
             LOGGER.exception("batched tokenization failed: tokenizing request by request")
-            return [self._respond_alone(items) for items in per_request]
+            responses = [self._respond_alone(items) for items in per_request]
+            self.metrics.record(requests, responses, None)
+            return responses
 
         responses = []
         start = 0
@@ -112,6 +116,7 @@ class TritonPythonModel:
             batch = encodings[start:start + len(items)]
             start += len(items)
             responses.append(pb_utils.InferenceResponse(output_tensors=self._tensors(batch)))
+        self.metrics.record(requests, responses, encodings)
         return responses
 
     def _decode(self, request: Any) -> list[Item]:
@@ -121,6 +126,9 @@ class TritonPythonModel:
             return list(texts)
         pairs = decode_texts(pb_utils.get_input_tensor_by_name(request, "text_pair").as_numpy(), "text_pair")
         return pair_up(texts, pairs)
+
+    def finalize(self) -> None:
+        self.metrics.close()
 
     def encode(self, items: list[Item]) -> list[Any]:
         """Encodings of `items` (texts or pairs): one batched tokenizer call, plus one for the prefixes of items
