@@ -85,9 +85,14 @@ def test_the_converter_proved_parity_on_pairs(served: Served) -> None:
 
 
 def test_answers_of_different_pairs_differ_beyond_the_tolerance(served: Served) -> None:
+    """Guards the other tests: a server that swapped or repeated answers must fail them. A reranker answers one
+    number per pair, so two of the nine pairs may land close together; any other mix-up of rows is still caught
+    when at most one couple of pairs is within a few tolerances of each other."""
     rows = [served.expected[pair].values for pair in PAIRS]
-    gaps = [np.abs(a - b).max() for i, a in enumerate(rows) for b in rows[:i]]
-    assert min(gaps) > 10 * TOLERANCE, f"answers too alike to tell apart: min gap {min(gaps):.2e}"
+    gaps = {(j, i): float(np.abs(a - b).max()) for i, a in enumerate(rows) for j, b in enumerate(rows[:i])}
+    close = {couple: gap for couple, gap in gaps.items() if gap <= 10 * TOLERANCE}
+    assert len(close) <= (1 if served.kind == "reranker" else 0), f"answers too alike to tell apart: {close}"
+    assert min(gaps.values()) > TOLERANCE, f"two pairs' answers within the tolerance: {close}"
 
 
 def test_an_empty_text_pair_is_the_text_alone(served: Served) -> None:

@@ -181,6 +181,7 @@ def test_model_py_encodes_with_the_encoder(tokenizer_json: Path, tmp_path: Path,
             (tokenizer_dir / name).write_bytes((tokenizer_json.parent / name).read_bytes())
     monkeypatch.syspath_prepend(str(python_backend_utils))
     monkeypatch.syspath_prepend(str(VERSION_DIR))
+    monkeypatch.syspath_prepend(str(ROOT / "model_repository"))  # tritoned_metrics.py, beside model.py once built
     module = load(f"text_preprocessing_{tokenizer_json.parent.parent.name}", VERSION_DIR / "model.py")
     model = module.TritonPythonModel()
     model.initialize({"model_config": json.dumps({
