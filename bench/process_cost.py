@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for name, options in configs.items():
             build_dir = args.work_dir.resolve() / name
             repository = assemble(args.onnx_dir.resolve(), build_dir, MODEL_NAME, options)
-            servers[name] = LocalServer(repository, build_dir, build_dir / "server.log").launch()
+            servers[name] = LocalServer(repository=repository, log=build_dir / "server.log", build_dir=build_dir).launch()
         for server in servers.values():
             server.wait_ready()
         models = [path.parent.name for path in next(iter(servers.values())).repository.glob("*/config.pbtxt")]

@@ -24,10 +24,11 @@ SERVER_OPTIONS = (
     # whose backend process died; every model of the repository is loaded at start.
     "--model-control-mode=explicit",
     "--load-model=*",
-    # Latency quantiles per model on the metrics port (nv_inference_request_summary_us...): the p50/p99 of the
-    # Grafana dashboard (deploy/grafana/); Triton's latency histograms cover only the first response.
-    "--metrics-config=summary_latencies=true",
 )
+# Defaults a user may add to (--metrics-config is repeatable): latency quantiles per model on the metrics port
+# (nv_inference_*_summary_us), the p50/p99 of the Grafana dashboard (deploy/grafana/); Triton's latency
+# histograms cover only the first response.
+METRICS_OPTIONS = ("--metrics-config=summary_latencies=true",)
 # Without an NVIDIA GPU these only produce warnings (NVML, pinned memory): leave them out on CPU.
 CPU_OPTIONS = ("--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0")
 # Options the gateway owns: given by a user they would cut the gateway off from Triton or open it up.
@@ -86,7 +87,7 @@ def command(tritonserver: list[str], ports: InternalPorts, admin_key: str, exit_
     executable, *args = tritonserver
     check_user_args(args)
     gpu = has_gpu() if gpu is None else gpu
-    return [executable, *SERVER_OPTIONS, f"--exit-timeout-secs={exit_timeout_s}", *ports.args(),
+    return [executable, *SERVER_OPTIONS, *METRICS_OPTIONS, f"--exit-timeout-secs={exit_timeout_s}", *ports.args(),
             *lockdown.tritonserver_args(admin_key), *(() if gpu else CPU_OPTIONS), *args]
 
 

@@ -37,8 +37,6 @@ TOKEN_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)  # model_repositor
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  # the same module
 REASONS = ("invalid_utf8", "bad_pair", "tokenizer_error", "other")
 DASHBOARD = ROOT / "deploy" / "grafana" / "tritoned-bert.json"
-# p50/p99 in the dashboard come from Triton's latency summaries, which are off by default.
-SERVER_ARGS = ["--", "--metrics-config", "summary_latencies=true"]
 
 Samples = dict[tuple[str, frozenset], float]
 
@@ -117,7 +115,7 @@ def served(tiny_artifacts, serve, tmp_path_factory) -> Served:
     result = make_image(artifacts, build_dir, "--no-build", "--preprocessing-instances", "2", MODEL_NAME)
     assert result.returncode == 0, result.stderr
     repository = build_dir / MODEL_NAME / "context" / "model_repository"
-    server = serve(repository, build_dir / "server.log", build_dir, SERVER_ARGS)
+    server = serve(repository, build_dir / "server.log", build_dir)  # the gateway turns latency summaries on
     return Served(artifacts, server, repository)
 
 
