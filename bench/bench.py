@@ -36,7 +36,7 @@ if str(ROOT) not in sys.path:  # run as `python bench/bench.py`
 
 from bench.engines import HfPipeline, RawOrt, labels_of, max_length_of  # noqa: E402
 from bench.loadgen import Measurement, closed_loop, http_bodies, make_workers, sequential  # noqa: E402
-from bench.local_server import LocalServer, ServerError, assemble, stats_delta  # noqa: E402
+from bench.local_server import LocalServer, ServerError, assemble, stats_delta, stop_all  # noqa: E402
 from bench.texts import long_texts, short_pairs, short_texts  # noqa: E402
 
 LOGGER = logging.getLogger("bench")
@@ -598,8 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     finally:
-        for server in servers.values():
-            server.stop()
+        stop_all(list(servers.values()))
 
     text, records = table(rows)
     print(f"\nServed (Triton 2.51, ensemble text_preprocessing -> model_onnx -> post_processing, one text (or "

@@ -280,6 +280,19 @@ class LocalServer:
         self.stop()
 
 
+def stop_all(servers: Sequence[LocalServer]) -> None:
+    """Stop several servers side by side: Ctrl-C to every one first, then wait for each (each stop drains and
+    unloads for a few seconds; one after another they would add up)."""
+    for server in servers:
+        if server.alive():
+            try:
+                os.killpg(server.process.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
+    for server in servers:
+        server.stop()
+
+
 def stats_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Per model between two LocalServer.stats() snapshots: requests, executions (batches), and per-request
     milliseconds in the queue, in compute (input, infer, output)."""

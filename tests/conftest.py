@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_triton import LocalTriton  # noqa: E402
+from local_triton import LocalTriton, stop_all  # noqa: E402
 from tiny_models import BUILDERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -134,8 +134,7 @@ def serve() -> Iterator[Callable[..., LocalTriton]]:
         return server.start()
 
     yield start
-    for server in servers:
-        server.stop()
+    stop_all(servers)
 
 
 def bytes_input(module, name: str, values: list) -> object:
