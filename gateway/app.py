@@ -17,6 +17,7 @@ import grpc
 from aiohttp import web
 
 from . import lockdown, tritonserver
+from .budget import BodyBudget
 from .catalog import Catalog
 from .grpc_front import GrpcFront
 from .health import Health, Phase
@@ -55,8 +56,9 @@ class Gateway:
         self.ports = tritonserver.InternalPorts.pick()
         self.triton = tritonserver.TritonProcess(
             tritonserver.command(settings.tritonserver, self.ports, admin_key, settings.triton_exit_timeout_s))
-        self.http = HttpFront(self.ports.http, settings.limits, self.health)
-        self.grpc = GrpcFront(self.ports.grpc, settings.limits, self.health)
+        budget = BodyBudget(settings.limits.max_bytes_in_flight, small=settings.limits.body_overhead_bytes)
+        self.http = HttpFront(self.ports.http, settings.limits, self.health, budget)
+        self.grpc = GrpcFront(self.ports.grpc, settings.limits, self.health, budget)
         self.stop_requested: asyncio.Event | None = None
         self.grpc_server: grpc.aio.Server | None = None
         self.signals = 0

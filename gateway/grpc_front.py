@@ -12,6 +12,7 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from . import checks
+from .budget import BodyBudget
 from .catalog import Catalog
 from .checks import Rejected
 from .health import Health
@@ -29,9 +30,10 @@ def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, A
 
 
 class GrpcFront:
-    def __init__(self, upstream_port: int, limits: Limits, health: Health) -> None:
+    def __init__(self, upstream_port: int, limits: Limits, health: Health, budget: BodyBudget) -> None:
         self.limits = limits
         self.health = health
+        self.budget = budget
         self.catalog = Catalog(models={}, limits=limits)
         self.supervisor = None  # set by the app
         self.upstream = f"127.0.0.1:{upstream_port}"
@@ -110,6 +112,14 @@ class GrpcFront:
             await context.abort(getattr(grpc.StatusCode, rejected.grpc_code), rejected.message)
         except Exception as failure:  # DecodeError
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable ModelInferRequest: {failure}")
+        try:
+            async with self.budget.hold(len(raw), self.limits.request_timeout_s):
+                return await self._forward_infer(raw, context, forward)
+        except Rejected as rejected:
+            await context.abort(getattr(grpc.StatusCode, rejected.grpc_code), rejected.message)
+            raise
+
+    async def _forward_infer(self, raw: bytes, context: grpc.aio.ServicerContext, forward) -> bytes:
         await self.health.wait_not_recovering(self._timeout(context))
         supervisor = self.supervisor
         generation = supervisor.generation if supervisor is not None else 0
@@ -144,7 +154,11 @@ class GrpcFront:
                         await out.put(_stream_error(b"", f"unreadable ModelInferRequest: {failure}"))
                         continue
                     await self.health.wait_not_recovering(self.limits.upstream_timeout_s)
-                    await call.write(raw)
+                    try:
+                        async with self.budget.hold(len(raw), self.limits.request_timeout_s):
+                            await call.write(raw)
+                    except Rejected as rejected:
+                        await out.put(_stream_error(raw, rejected.message))
             finally:
                 await call.done_writing()
 

@@ -11,6 +11,7 @@ import aiohttp
 from aiohttp import web
 
 from . import checks, lockdown
+from .budget import BodyBudget
 from .catalog import Catalog
 from .checks import Rejected
 from .health import Health
@@ -37,10 +38,11 @@ def error(status: int, message: str, close: bool = False) -> web.Response:
 
 
 class HttpFront:
-    def __init__(self, upstream_port: int, limits: Limits, health: Health) -> None:
+    def __init__(self, upstream_port: int, limits: Limits, health: Health, budget: BodyBudget) -> None:
         self.upstream = f"http://127.0.0.1:{upstream_port}"
         self.limits = limits
         self.health = health
+        self.budget = budget
         self.catalog = Catalog(models={}, limits=limits)
         self.supervisor = None  # set by the app once the supervisor exists
         self.session: aiohttp.ClientSession | None = None
@@ -140,6 +142,16 @@ class HttpFront:
     # ---------------------------------------------------------------------------------------------- forwarding
 
     async def _inference(self, request: web.Request, path: str, model_name: str, kind: str) -> web.StreamResponse:
+        limit = self.body_limit(request.raw_path.split("?", 1)[0])
+        if request.content_length is not None and request.content_length > limit:
+            raise checks.too_large("the request body", limit)
+        compressed = request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity")
+        size = limit if request.content_length is None or compressed else request.content_length
+        async with self.budget.hold(size, self.limits.request_timeout_s):
+            return await self._checked_inference(request, path, model_name, kind)
+
+    async def _checked_inference(self, request: web.Request, path: str, model_name: str,
+                                 kind: str) -> web.StreamResponse:
         body, headers = await self._checked_inference_body(request, model_name, kind)
         if kind == "generate_stream":
             return await self._stream(request, path, body, headers)

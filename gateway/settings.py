@@ -18,6 +18,7 @@ class Limits:
     max_json_depth: int = 32  # a valid request needs about 8 (object > inputs > input > data > rows > ...)
     request_timeout_s: float = 60.0  # to receive one request body
     upstream_timeout_s: float = 120.0  # for Triton to answer one request
+    max_bytes_in_flight: int = 64 * MIB  # request bodies held at once, both ports together (gateway/budget.py)
 
     def body_limit(self, rows: int, texts_per_row: int) -> int:
         """Largest body of an inference request with `rows` rows of `texts_per_row` texts each."""
@@ -80,6 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
              f"(default {limits.body_overhead_bytes})")
     add("--max-json-depth", type=int, default=int(_env("MAX_JSON_DEPTH", limits.max_json_depth)),
         help=f"deepest JSON nesting accepted [TRITONED_MAX_JSON_DEPTH] (default {limits.max_json_depth})")
+    add("--max-bytes-in-flight", type=int, default=int(_env("MAX_BYTES_IN_FLIGHT", limits.max_bytes_in_flight)),
+        help="bytes of inference request bodies held at once (HTTP and gRPC together); more wait their turn, up to "
+             "--request-timeout, then get 503 / UNAVAILABLE; a body larger than this runs alone; bodies of at most "
+             "--body-overhead-bytes never wait "
+             f"[TRITONED_MAX_BYTES_IN_FLIGHT] (default {limits.max_bytes_in_flight})")
     add("--request-timeout", type=float, default=float(_env("REQUEST_TIMEOUT", limits.request_timeout_s)),
         help=f"seconds to receive a request body [TRITONED_REQUEST_TIMEOUT] (default {limits.request_timeout_s:g})")
     add("--upstream-timeout", type=float, default=float(_env("UPSTREAM_TIMEOUT", limits.upstream_timeout_s)),
@@ -126,12 +132,14 @@ def parse(argv: list[str] | None = None) -> Settings:
             parser.error(f"--{name.replace('_', '-')}: not a port number: {getattr(args, name)}")
     if min(args.max_text_bytes, args.body_overhead_bytes, args.max_json_depth) < 1:
         parser.error("--max-text-bytes, --body-overhead-bytes and --max-json-depth must be positive")
+    if args.max_bytes_in_flight < MIB:
+        parser.error(f"--max-bytes-in-flight must be at least {MIB} (1 MiB), got {args.max_bytes_in_flight}")
     return Settings(
         tritonserver=command, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
         metrics_port=args.metrics_port,
         limits=Limits(max_text_bytes=args.max_text_bytes, body_overhead_bytes=args.body_overhead_bytes,
                       max_json_depth=args.max_json_depth, request_timeout_s=args.request_timeout,
-                      upstream_timeout_s=args.upstream_timeout),
+                      upstream_timeout_s=args.upstream_timeout, max_bytes_in_flight=args.max_bytes_in_flight),
         supervisor=SupervisorSettings(
             watch_interval_s=args.watch_interval, probe_interval_s=args.probe_interval,
             probe_timeout_s=args.probe_timeout, probe_failures=args.probe_failures,

@@ -11,9 +11,15 @@ from __future__ import annotations
 import gzip
 import http.client
 import json
+import os
+import re
+import socket
 import struct
 import subprocess
+import threading
+import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -266,6 +272,76 @@ def test_large_requests_over_grpc(served: Served, size_mb: int) -> None:
     else:
         label = client.infer(MODEL, [grpc_text([text])]).as_numpy("label").reshape(-1)[0].decode()
         assert label in served.labels
+    assert_still_serving(served)
+
+
+# --- many large requests at once: the gateway holds at most its budget of bodies (gateway/budget.py) ------------
+
+BUDGET = 64 * MB  # the gateway's default TRITONED_MAX_BYTES_IN_FLIGHT
+
+
+def gateway_rss(server: LocalTriton) -> int:
+    """Resident bytes of the gateway process (python -m gateway) of the server's process group."""
+    group = os.getpgid(server.process.pid)
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and os.getpgid(int(entry.name)) == group and \
+                    b"-m\0gateway\0" in (entry / "cmdline").read_bytes():
+                status = (entry / "status").read_text()
+                return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024
+        except (OSError, ProcessLookupError):
+            continue
+    raise AssertionError("no gateway process in the server's group")
+
+
+def test_a_burst_of_the_largest_bodies_is_served_within_the_budget(served: Served) -> None:
+    """24 requests of max_batch_size texts of ~4 MB at once over HTTP: all answered, while the gateway's memory
+    grows by a few budgets at most (holding every body at once took ~27 MB each: 24 of them, ~650 MB)."""
+    text = "where is my order " * (3_900_000 // 18)
+    body = json_request([text] * MAX_BATCH_SIZE)
+    assert BUDGET < 24 * len(body) and len(body) <= LIMIT
+    before, peak, statuses, done = gateway_rss(served.server), 0, [], threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, gateway_rss(served.server))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    with ThreadPoolExecutor(24) as pool:
+        statuses = [status for status, _ in pool.map(
+            lambda _: post(served.server.http_url, f"/v2/models/{MODEL}/infer", body), range(24))]
+    done.set()
+    sampler.join()
+    print(f"\n24 x {len(body) / MB:.1f} MB at once: gateway RSS {before / MB:.0f} -> peak {peak / MB:.0f} MiB")
+    assert statuses == [200] * 24, statuses
+    assert peak - before < 5 * BUDGET, f"the gateway grew by {(peak - before) / MB:.0f} MiB"
+    assert_still_serving(served)
+
+
+def test_stalled_large_uploads_delay_no_small_request(served: Served) -> None:
+    """Four clients announce a body of the largest size and stall after a few bytes, so they hold the whole budget
+    and a fourth waits for it: small requests are still answered at once, over HTTP and gRPC."""
+    stalled = []
+    try:
+        for _ in range(4):
+            connection = socket.create_connection(tuple(served.server.http_url.rsplit(":", 1)), timeout=10)
+            connection.sendall(f"POST /v2/models/{MODEL}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+                               f"\r\nContent-Length: {LIMIT}\r\n\r\n{{".encode())
+            stalled.append(connection)
+        time.sleep(0.5)
+        started = time.monotonic()
+        status, answer = post(served.server.http_url, f"/v2/models/{MODEL}/infer", json_request([TEXT]))
+        assert status == 200, answer[:300]
+        client = grpcclient.InferenceServerClient(served.server.grpc_url)
+        assert client.infer(MODEL, [grpc_text([TEXT])]).as_numpy("label").reshape(-1)[0].decode() == \
+            served.expected_label
+        assert time.monotonic() - started < 5, "a small request waited behind stalled uploads"
+    finally:
+        for connection in stalled:
+            connection.close()
     assert_still_serving(served)
 
 

@@ -1,10 +1,12 @@
 """The README's own commands and snippets, taken from README.md as they are written (never copied here): the
 English quick start's steps run in a fresh clone and end with a clean `git status` after ./cleanup.sh; every
 directory the examples write to lies in build/ and cannot be taken by a model's name; the Python snippets (HTTP
-and gRPC) answer against the real local Triton with decoded labels, as PyTorch does."""
+and gRPC) answer against the real local Triton with decoded labels, as PyTorch does; each kind of model in
+"Виды моделей" converts, builds and serves by its commands, and its curl answers as the HF pipeline does."""
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import shlex
@@ -12,11 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import ROOT, Artifacts, make_image
 from local_triton import LocalTriton
-from reference import labels_of, pytorch_probabilities
+from reference import expected_outputs, labels_of, pipeline_answers, pytorch_probabilities
 from tiny_models import BUILDERS
 
 README = ROOT / "README.md"
@@ -114,6 +117,99 @@ def test_every_example_writes_under_build_where_no_model_name_can_land() -> None
         result = subprocess.run([str(ROOT / "make_triton_image.sh"), "m.onnx", "tok", "id2label.json", name],
                                 capture_output=True, text=True, cwd=ROOT)
         assert result.returncode == 2 and f"MODEL_NAME '{name}' is reserved" in result.stderr, (name, result.stderr)
+
+
+# ------------------------------------------------------------------------------------------ the kinds of models
+
+# Each block of "Виды моделей" names its artifacts build/artifacts/<kind>; the tiny model that stands in for the
+# user's checkpoint. The intents block converts the demo model (build/demo/hf): a tiny single-label one here.
+KIND_MODELS = {"intents": "bert", "toxicity": "multi_label", "nli": "nli_bert", "reranker": "reranker"}
+
+
+def kind_blocks(readme: Path = README) -> dict[str, list[list[str]]]:
+    """The commands of each bash block in the README's section on kinds of models, by kind."""
+    text = readme.read_text(encoding="utf-8")
+    section = text[text.index("\n## Виды моделей"):]
+    section = section[:section.index("\n## ", 1)]
+    blocks = {}
+    for block in re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M):
+        steps = commands(block)
+        blocks[re.search(r"build/artifacts/(\w+)", " ".join(steps[0])).group(1)] = steps
+    return blocks
+
+
+def test_the_kinds_section_has_a_block_per_kind_of_model() -> None:
+    assert sorted(kind_blocks()) == sorted(KIND_MODELS)
+
+
+def answer_rows(body: dict, outputs: dict[str, dict]) -> list[dict[str, object]]:
+    """A curl's JSON answer, per text: each output's row."""
+    rows = []
+    count = body["inputs"][0]["shape"][0]
+    for index in range(count):
+        row = {}
+        for name, output in outputs.items():
+            width = len(output["data"]) // count
+            row[name] = output["data"][index * width:(index + 1) * width]
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_MODELS))
+def test_each_kind_is_converted_built_served_and_answers_like_the_pipeline(fresh_clone: Path, tmp_path: Path,
+                                                                           kind: str) -> None:
+    """The section's commands as written (the checkpoint path swapped for a tiny model of the kind, the port for
+    the test server's): convert, build with --no-build, serve, and each curl answers as
+    transformers.pipeline("text-classification", top_k=None): label, score, probabilities and multi-label labels
+    within 1e-4, top-k strings of the classification extension in the pipeline's order."""
+    checkpoint = BUILDERS[KIND_MODELS[kind]](tmp_path / kind)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TRITONED_")}
+    steps = kind_blocks(fresh_clone / "README.md")[kind]
+    convert, build, serve, *curls = steps
+    assert curls and [step[0] for step in curls] == ["curl"] * len(curls), steps
+    for command in (convert, build):
+        command = [str(checkpoint) if word in (f"path/to/{kind}", "build/demo/hf") else word for word in command]
+        result = subprocess.run(command, cwd=fresh_clone, env=env, capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+    assert serve[0] == "./serve_local.sh"
+    server = LocalTriton(repository=serve[1], log=tmp_path / "serve.log", checkout=fresh_clone,
+                         build_dir=fresh_clone / "build", python=str(fresh_clone / ".venv" / "bin" / "python"))
+    server.start()
+    try:
+        artifacts = fresh_clone / "build" / "artifacts" / kind
+        id2label = json.loads((artifacts / "id2label.json").read_text())
+        max_length = json.loads((artifacts / "conversion_report.json").read_text())["max_sequence_length"]
+        for curl in curls:
+            result = subprocess.run([word.replace("localhost:8000", server.http_url) for word in curl],
+                                    capture_output=True, text=True, timeout=60)
+            assert result.returncode == 0, result.stderr
+            body = json.loads(curl[curl.index("-d") + 1])
+            inputs = {item["name"]: item["data"] for item in body["inputs"]}
+            items = list(zip(inputs["text_input"], inputs["text_pair"])) if "text_pair" in inputs \
+                else inputs["text_input"]
+            want = [expected_outputs(answer, id2label) for answer in pipeline_answers(checkpoint, items, max_length)]
+            outputs = {output["name"]: output for output in json.loads(result.stdout)["outputs"]}
+            asked = [output["name"] for output in body.get("outputs", [])] or \
+                ["label", "score", "probabilities"] + (["labels"] if kind == "toxicity" else [])
+            assert sorted(outputs) == sorted(asked), result.stdout
+            for row, expected in zip(answer_rows(body, outputs), want, strict=True):
+                if "label" in row:
+                    assert row["label"] == [expected.label]
+                if "score" in row:
+                    assert abs(row["score"][0] - expected.score) <= 1e-4, (row, expected)
+                if "labels" in row:
+                    assert row["labels"] == expected.applicable + [""] * (len(id2label) - len(expected.applicable))
+                if "probabilities" in row and outputs["probabilities"]["datatype"] == "FP32":
+                    np.testing.assert_allclose(row["probabilities"], expected.values, atol=1e-4, rtol=0)
+                elif "probabilities" in row:  # "value:index:label", highest first
+                    top = [entry.split(":", 2) for entry in row["probabilities"]]
+                    order = np.argsort(-expected.values, kind="stable")[:len(top)]
+                    assert [(int(index), name) for _, index, name in top] == \
+                        [(int(i), id2label[str(i)]) for i in order], (top, expected)
+                    np.testing.assert_allclose([float(value) for value, _, _ in top], expected.values[order],
+                                               atol=1e-4, rtol=0)
+    finally:
+        assert server.interrupt() == 0, server.log_text()
 
 
 # ------------------------------------------------------------------------------------------ the Python snippets
