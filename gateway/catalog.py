@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .probe import STRING_DATATYPE
 from .settings import Limits
-
-STRING_DATATYPE = "BYTES"
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,6 @@ from pathlib import Path
 
 from . import probe
 
-DEFAULT_TEXT = "tritoned health probe"
-
 
 def ensemble_in(repository: Path) -> str | None:
     """The first (by name) ensemble of a model repository on disk: the model clients call."""
@@ -65,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="model repository to find the ensemble in (default /models, the image's)")
     parser.add_argument("--timeout", type=float, default=4.0,
                         help="seconds for the whole check (default 4: Docker's and the chart's probe timeout is 5)")
-    parser.add_argument("--text", default=DEFAULT_TEXT, help="probe text")
+    parser.add_argument("--text", default=probe.TEXT, help="probe text")
     args = parser.parse_args(argv)
     model = args.model or ensemble_in(args.repository)
     if not model:

@@ -142,17 +142,17 @@ class HttpFront:
     # ---------------------------------------------------------------------------------------------- forwarding
 
     async def _inference(self, request: web.Request, path: str, model_name: str, kind: str) -> web.StreamResponse:
-        limit = self.body_limit(request.raw_path.split("?", 1)[0])
+        limit = self.catalog.body_limit(model_name)
         if request.content_length is not None and request.content_length > limit:
-            raise checks.too_large("the request body", limit)
+            raise checks.too_large("the request body", limit)  # at once, not after a wait for the budget
         compressed = request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity")
         size = limit if request.content_length is None or compressed else request.content_length
         async with self.budget.hold(size, self.limits.request_timeout_s):
-            return await self._checked_inference(request, path, model_name, kind)
+            return await self._checked_inference(request, path, model_name, kind, limit)
 
-    async def _checked_inference(self, request: web.Request, path: str, model_name: str,
-                                 kind: str) -> web.StreamResponse:
-        body, headers = await self._checked_inference_body(request, model_name, kind)
+    async def _checked_inference(self, request: web.Request, path: str, model_name: str, kind: str,
+                                 limit: int) -> web.StreamResponse:
+        body, headers = await self._checked_inference_body(request, model_name, kind, limit)
         if kind == "generate_stream":
             return await self._stream(request, path, body, headers)
         supervisor = self.supervisor
@@ -166,10 +166,10 @@ class HttpFront:
             status, data, out_headers = await self._send("POST", path, body, headers)
         return web.Response(status=status, body=data, headers=out_headers)
 
-    async def _checked_inference_body(self, request: web.Request, model_name: str,
-                                      kind: str) -> tuple[bytes, dict[str, str]]:
+    async def _checked_inference_body(self, request: web.Request, model_name: str, kind: str,
+                                      limit: int) -> tuple[bytes, dict[str, str]]:
         """The body to forward and its headers; Rejected when the request must not reach Triton."""
-        body = await self.read_body(request, self.body_limit(request.raw_path.split("?", 1)[0]))
+        body = await self.read_body(request, limit)
         headers = self._common_headers(request)
         header_length = request.headers.get(INFER_HEADER)
         if kind != "infer" or header_length is None:

@@ -7,6 +7,7 @@ import json
 from typing import Any
 
 STRING_DATATYPE = "BYTES"
+TEXT = "tritoned health probe"  # what the supervisor and the health check send
 # A request parameter that the ensemble passes on to its models: the model metrics (model_repository/
 # tritoned_metrics.py) do not count a request that carries it, so health probes never show up as traffic.
 PROBE_PARAMETER = "tritoned_probe"

@@ -39,7 +39,7 @@ def alive(stub: Stub) -> bool:
     return stat is not None and stat[0] not in ("Z", "X") and stat[2] == stub.start_time
 
 
-def _stub_of(pid: int, models: Iterable[str]) -> Stub | None:
+def _stub_of(pid: int, known: frozenset[str]) -> Stub | None:
     try:
         argv = (PROC / str(pid) / "cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -47,7 +47,6 @@ def _stub_of(pid: int, models: Iterable[str]) -> Stub | None:
     args = [arg.decode(errors="replace") for arg in argv if arg]
     if not args or not args[0].endswith(STUB_COMMAND):
         return None
-    known = set(models)
     for arg in reversed(args[1:]):
         match = _INSTANCE.match(arg)
         if match and match.group(1) in known:
@@ -61,7 +60,7 @@ def _stub_of(pid: int, models: Iterable[str]) -> Stub | None:
 
 def stubs(server_pid: int, models: Iterable[str]) -> list[Stub]:
     """The live backend stubs of tritonserver `server_pid` for the given model names."""
-    models = list(models)
+    known = frozenset(models)
     found = []
     for entry in PROC.iterdir():
         if not entry.name.isdigit():
@@ -69,7 +68,7 @@ def stubs(server_pid: int, models: Iterable[str]) -> list[Stub]:
         stat = _stat(int(entry.name))
         if stat is None or stat[1] != server_pid or stat[0] in ("Z", "X"):
             continue
-        stub = _stub_of(int(entry.name), models)
+        stub = _stub_of(int(entry.name), known)
         if stub is not None:
             found.append(stub)
     return sorted(found, key=lambda s: s.instance)

@@ -3,8 +3,11 @@ is configured with `docker run -e TRITONED_...`, since the arguments after the i
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from dataclasses import dataclass, field
+
+from . import probe
 
 MIB = 1 << 20
 
@@ -34,7 +37,7 @@ class SupervisorSettings:
     recovery_timeout_s: float = 60.0  # to reload a broken model
     max_recoveries: int = 5  # per recovery_window_s; more: exit non-zero (a restart policy takes over)
     recovery_window_s: float = 600.0
-    probe_text: str = "tritoned health probe"
+    probe_text: str = probe.TEXT
 
 
 @dataclass(frozen=True)
@@ -51,12 +54,19 @@ class Settings:
     triton_exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs (after the drain nothing is in flight)
 
 
-def _env(name: str, default: object) -> str:
-    return os.environ.get(f"TRITONED_{name}", str(default))
+def _option(parser: argparse.ArgumentParser, flag: str, kind: type, default: object, help: str,
+            note: str = "") -> None:
+    """--flag whose default is the variable TRITONED_<FLAG> (the flag's name in upper case) or `default`; its help
+    names both."""
+    variable = "TRITONED_" + flag[2:].replace("-", "_").upper()
+    shown = f"{default:g}" if isinstance(default, float) else str(default)
+    parser.add_argument(flag, type=kind, default=kind(os.environ.get(variable, default)),
+                        help=f"{help} [{variable}] (default {shown}{note})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    limits, supervisor = Limits(), SupervisorSettings()
+    defaults = Settings(tritonserver=[])
+    limits, supervisor = defaults.limits, defaults.supervisor
     parser = argparse.ArgumentParser(
         prog="python -m gateway",
         description="Run tritonserver behind the tritoned front: public HTTP, gRPC and metrics ports with request "
@@ -67,54 +77,39 @@ def build_parser() -> argparse.ArgumentParser:
                "--model-control-mode=explicit --load-model=*, the lock-down (gateway/lockdown.py) and the server "
                "options of gateway/tritonserver.py; arguments that would change those are refused.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    add = parser.add_argument
-    add("--host", default=_env("HOST", "0.0.0.0"), help="address of the public ports [TRITONED_HOST] (default 0.0.0.0)")
-    add("--http-port", type=int, default=int(_env("HTTP_PORT", 8000)), help="public HTTP port [TRITONED_HTTP_PORT]")
-    add("--grpc-port", type=int, default=int(_env("GRPC_PORT", 8001)), help="public gRPC port [TRITONED_GRPC_PORT]")
-    add("--metrics-port", type=int, default=int(_env("METRICS_PORT", 8002)),
-        help="public metrics port, GET /metrics only [TRITONED_METRICS_PORT]")
-    add("--max-text-bytes", type=int, default=int(_env("MAX_TEXT_BYTES", limits.max_text_bytes)),
-        help="bytes allowed per text: an inference body may be max_batch_size x texts per row x this + "
-             f"--body-overhead-bytes [TRITONED_MAX_TEXT_BYTES] (default {limits.max_text_bytes})")
-    add("--body-overhead-bytes", type=int, default=int(_env("BODY_OVERHEAD_BYTES", limits.body_overhead_bytes)),
-        help="JSON around the texts; also the largest body of any other request [TRITONED_BODY_OVERHEAD_BYTES] "
-             f"(default {limits.body_overhead_bytes})")
-    add("--max-json-depth", type=int, default=int(_env("MAX_JSON_DEPTH", limits.max_json_depth)),
-        help=f"deepest JSON nesting accepted [TRITONED_MAX_JSON_DEPTH] (default {limits.max_json_depth})")
-    add("--max-bytes-in-flight", type=int, default=int(_env("MAX_BYTES_IN_FLIGHT", limits.max_bytes_in_flight)),
-        help="bytes of inference request bodies held at once (HTTP and gRPC together); more wait their turn, up to "
-             "--request-timeout, then get 503 / UNAVAILABLE; a body larger than this runs alone; bodies of at most "
-             "--body-overhead-bytes never wait "
-             f"[TRITONED_MAX_BYTES_IN_FLIGHT] (default {limits.max_bytes_in_flight})")
-    add("--request-timeout", type=float, default=float(_env("REQUEST_TIMEOUT", limits.request_timeout_s)),
-        help=f"seconds to receive a request body [TRITONED_REQUEST_TIMEOUT] (default {limits.request_timeout_s:g})")
-    add("--upstream-timeout", type=float, default=float(_env("UPSTREAM_TIMEOUT", limits.upstream_timeout_s)),
-        help=f"seconds Triton may take to answer [TRITONED_UPSTREAM_TIMEOUT] (default {limits.upstream_timeout_s:g})")
-    add("--drain-delay", type=float, default=float(_env("DRAIN_DELAY", 1)),
-        help="after SIGTERM, seconds to keep serving with readiness already 503, so that load balancers stop "
-             "sending first and connections being opened are still accepted [TRITONED_DRAIN_DELAY] (default 1; "
-             "behind a Kubernetes Service: 5 or more)")
-    add("--drain-timeout", type=float, default=float(_env("DRAIN_TIMEOUT", 15)),
-        help="then seconds to wait for the requests in flight [TRITONED_DRAIN_TIMEOUT] (default 15)")
-    add("--triton-exit-timeout", type=int, default=int(_env("TRITON_EXIT_TIMEOUT", 5)),
-        help="tritonserver --exit-timeout-secs, once the requests in flight are answered; the gateway kills it 5 s "
-             "later [TRITONED_TRITON_EXIT_TIMEOUT] (default 5)")
-    add("--watch-interval", type=float, default=float(_env("WATCH_INTERVAL", supervisor.watch_interval_s)),
-        help=f"seconds between checks of the backend processes [TRITONED_WATCH_INTERVAL] "
-             f"(default {supervisor.watch_interval_s:g})")
-    add("--probe-interval", type=float, default=float(_env("PROBE_INTERVAL", supervisor.probe_interval_s)),
-        help=f"seconds between end-to-end probes [TRITONED_PROBE_INTERVAL] (default {supervisor.probe_interval_s:g})")
-    add("--probe-timeout", type=float, default=float(_env("PROBE_TIMEOUT", supervisor.probe_timeout_s)),
-        help=f"[TRITONED_PROBE_TIMEOUT] (default {supervisor.probe_timeout_s:g})")
-    add("--probe-failures", type=int, default=int(_env("PROBE_FAILURES", supervisor.probe_failures)),
-        help="consecutive failed probes, with no dead backend process to reload, before the gateway exits non-zero "
-             f"[TRITONED_PROBE_FAILURES] (default {supervisor.probe_failures})")
-    add("--recovery-timeout", type=float, default=float(_env("RECOVERY_TIMEOUT", supervisor.recovery_timeout_s)),
-        help=f"seconds to reload a broken model [TRITONED_RECOVERY_TIMEOUT] (default {supervisor.recovery_timeout_s:g})")
-    add("--max-recoveries", type=int, default=int(_env("MAX_RECOVERIES", supervisor.max_recoveries)),
-        help="reloads allowed within 10 minutes before the gateway exits non-zero instead "
-             f"[TRITONED_MAX_RECOVERIES] (default {supervisor.max_recoveries})")
-    add("tritonserver", nargs=argparse.REMAINDER,
+
+    add = functools.partial(_option, parser)
+    add("--host", str, defaults.host, "address of the public ports")
+    add("--http-port", int, defaults.http_port, "public HTTP port")
+    add("--grpc-port", int, defaults.grpc_port, "public gRPC port")
+    add("--metrics-port", int, defaults.metrics_port, "public metrics port, GET /metrics only")
+    add("--max-text-bytes", int, limits.max_text_bytes,
+        "bytes allowed per text: an inference body may be max_batch_size x texts per row x this + "
+        "--body-overhead-bytes")
+    add("--body-overhead-bytes", int, limits.body_overhead_bytes,
+        "JSON around the texts; also the largest body of any other request")
+    add("--max-json-depth", int, limits.max_json_depth, "deepest JSON nesting accepted")
+    add("--max-bytes-in-flight", int, limits.max_bytes_in_flight,
+        "bytes of inference request bodies held at once (HTTP and gRPC together); more wait their turn, up to "
+        "--request-timeout, then get 503 / UNAVAILABLE; a body larger than this runs alone; bodies of at most "
+        "--body-overhead-bytes never wait")
+    add("--request-timeout", float, limits.request_timeout_s, "seconds to receive a request body")
+    add("--upstream-timeout", float, limits.upstream_timeout_s, "seconds Triton may take to answer")
+    add("--drain-delay", float, defaults.drain_delay_s,
+        "after SIGTERM, seconds to keep serving with readiness already 503, so that load balancers stop "
+        "sending first and connections being opened are still accepted", note="; behind a Kubernetes Service: 5 or more")
+    add("--drain-timeout", float, defaults.drain_timeout_s, "then seconds to wait for the requests in flight")
+    add("--triton-exit-timeout", int, defaults.triton_exit_timeout_s,
+        "tritonserver --exit-timeout-secs, once the requests in flight are answered; the gateway kills it 5 s later")
+    add("--watch-interval", float, supervisor.watch_interval_s, "seconds between checks of the backend processes")
+    add("--probe-interval", float, supervisor.probe_interval_s, "seconds between end-to-end probes")
+    add("--probe-timeout", float, supervisor.probe_timeout_s, "seconds a probe may take")
+    add("--probe-failures", int, supervisor.probe_failures,
+        "consecutive failed probes, with no dead backend process to reload, before the gateway exits non-zero")
+    add("--recovery-timeout", float, supervisor.recovery_timeout_s, "seconds to reload a broken model")
+    add("--max-recoveries", int, supervisor.max_recoveries,
+        "reloads allowed within 10 minutes before the gateway exits non-zero instead")
+    parser.add_argument("tritonserver", nargs=argparse.REMAINDER,
         help="-- then the tritonserver executable and its arguments")
     return parser
 
