@@ -73,14 +73,18 @@ def secrets() -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def built(standin: str, tiny_artifacts, secrets: dict[str, str],
+def wheelhouse(standin: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return download_wheelhouse(ROOT / "requirements-serving.txt", tmp_path_factory.mktemp("wheels"),
+                               image_python_version(standin))
+
+
+@pytest.fixture(scope="module")
+def built(standin: str, wheelhouse: Path, tiny_artifacts, secrets: dict[str, str],
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Artifacts, Path]]:
     """(image, artifacts, assembled repository): built by make_triton_image.sh --standin
     --wheelhouse DIR with credentials in its environment; the image is removed afterwards."""
     artifacts = tiny_artifacts("bert")
     work = tmp_path_factory.mktemp("container")
-    wheelhouse = download_wheelhouse(ROOT / "requirements-serving.txt", work / "wheels",
-                                     image_python_version(standin))
     tag = f"containertest-{uuid.uuid4().hex[:10]}"
     result = make_image(artifacts, work / "build", "--standin", "--wheelhouse", str(wheelhouse),
                         MODEL_NAME, tag, env=secrets)
@@ -314,6 +318,95 @@ def test_healthcheck_says_unhealthy_when_inference_fails(container: Container) -
     for args in (["--model", "no_such_model"], ["--url", "127.0.0.1:1"]):
         result = container.exec("/opt/tritoned/healthcheck", *args)
         assert result.returncode == 1 and "unhealthy" in result.stderr, (args, result)
+
+
+# --- hostile requests (tests/test_hostile_requests.py, tests/test_pairs.py) sent to the image ----------------------
+
+@pytest.fixture(scope="module")
+def pair_container(standin: str, wheelhouse: Path, tiny_artifacts,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[Container]:
+    """A pair model's image (make_triton_image.sh --text-pair), run with the README's docker run line."""
+    work = tmp_path_factory.mktemp("container-pairs")
+    tag = f"containertest-pairs-{uuid.uuid4().hex[:10]}"
+    result = make_image(tiny_artifacts("nli_bert"), work / "build", "--standin", "--wheelhouse", str(wheelhouse),
+                        "--text-pair", MODEL_NAME, tag)
+    assert result.returncode == 0, result.stderr[-6000:]
+    image = f"{MODEL_NAME}:{tag}"
+    host_ports = dict(zip((8000, 8001, 8002), free_ports(3)))
+    name = f"tritoned-test-pairs-{uuid.uuid4().hex[:10]}"
+    command = localize_run_command(readme_docker_run(ROOT / "README.md", MODEL_NAME), image, name, host_ports)
+    running = Container(command=command, name=name, host_ports=host_ports).start()
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.remove()
+        docker("rmi", "-f", image, check=False)
+
+
+def same_server(running: Container, started: str, stubs: dict[str, int]) -> None:
+    """The container never restarted and runs the same backend processes, and it is ready."""
+    state = running.state()
+    assert state["Running"] and state["StartedAt"] == started, f"the server restarted: {state}\n{running.logs()}"
+    assert stub_pids(running) == stubs, "a backend process died or was restarted"
+    running.wait_ready(timeout=10)
+
+
+def test_hostile_requests_get_their_rejection_and_the_container_keeps_serving(
+        container: Container, built, expected, tmp_path: Path) -> None:
+    """What killed a bare Triton 2.51 with one request (top-k on a string output over HTTP and gRPC, 50,000-deep
+    JSON, a large form-urlencoded body as curl sends it) and bodies over the limit: each gets its answer or its
+    rejection from the image, and then the same server, with the same backend processes, answers right."""
+    from test_hostile_requests import LIMIT, MB, curl_post, deep, error_of, json_request
+
+    started, stubs = container.state()["StartedAt"], stub_pids(container)
+    address, path = container.url(8000), f"/v2/models/{MODEL_NAME}/infer"
+    labels = {text: labels_of(expected[text][None, :], built[1].labels())[0] for text in TEXTS}
+
+    body = json_request([TEXTS[0]], outputs=[{"name": "label", "parameters": {"classification": 2}}])
+    status, answer = http(address, "POST", path, json.loads(body))
+    assert status == 400 and "classification (top-k) is not supported for output 'label'" in answer, answer
+    grpc_client = grpcclient.InferenceServerClient(container.url(8001))
+    text = grpcclient.InferInput("text_input", [1, 1], "BYTES")
+    text.set_data_from_numpy(np.array([[TEXTS[0].encode()]], dtype=np.object_))
+    with pytest.raises(InferenceServerException) as raised:
+        grpc_client.infer(MODEL_NAME, [text], outputs=[grpcclient.InferRequestedOutput("label", class_count=2)])
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT", raised.value
+
+    file = tmp_path / "body"
+    file.write_bytes(deep(50_000))
+    status, answer = curl_post(address, path, file, "application/json")
+    assert status == 400 and "nested deeper than 32 levels" in error_of(answer), answer[:300]
+    for size_mb, expected_status in ((8, 200), (64, 413)):  # curl's default content type, as the README once sent
+        file.write_bytes(json_request(["a " * (size_mb * MB // 2)]))
+        status, answer = curl_post(address, path, file, "application/x-www-form-urlencoded")
+        assert status == expected_status, (size_mb, status, answer[:300])
+        assert (len(file.read_bytes()) > LIMIT) == (expected_status == 413)
+
+    same_server(container, started, stubs)
+    assert infer(address, TEXTS[1]) == labels[TEXTS[1]]
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_bad_pair_requests_get_an_error_saying_why_and_the_container_keeps_serving(
+        pair_container: Container, protocol: str) -> None:
+    from test_pairs import MALFORMED, malformed_inputs
+
+    import tritonclient.http as httpclient
+
+    module = httpclient if protocol == "http" else grpcclient
+    client = module.InferenceServerClient(pair_container.url(8000 if protocol == "http" else 8001))
+    started, stubs = pair_container.state()["StartedAt"], stub_pids(pair_container)
+    for case, (spec, phrases) in MALFORMED.items():
+        with pytest.raises(InferenceServerException) as raised:
+            client.infer(MODEL_NAME, malformed_inputs(module, spec))
+        error = raised.value
+        assert error.status() == ("400" if protocol == "http" else "StatusCode.INVALID_ARGUMENT"), (case, error)
+        assert all(phrase in error.message() for phrase in phrases), (case, error.message())
+    good = malformed_inputs(module, [("text_input", ["where is my order"]), ("text_pair", ["it was shipped"])])
+    assert client.infer(MODEL_NAME, good).as_numpy("label").reshape(-1)[0].decode() in \
+        ("entailment", "neutral", "contradiction")
+    same_server(pair_container, started, stubs)
 
 
 @pytest.mark.parametrize("instance", ["text_preprocessing_0_0", "model_onnx_0_1"])
