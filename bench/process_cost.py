@@ -25,8 +25,8 @@ if str(ROOT) not in sys.path:  # run as `python bench/process_cost.py`
     sys.path.insert(0, str(ROOT))
 
 from bench.loadgen import closed_loop, make_workers  # noqa: E402
-from bench.local_server import LocalServer, assemble  # noqa: E402
-from bench.texts import long_texts, short_texts  # noqa: E402
+from bench.local_server import LocalServer, assemble, stop_all  # noqa: E402
+from bench.texts import TEXT_SETS  # noqa: E402
 
 LOGGER = logging.getLogger("process_cost")
 MODEL_NAME = "bench_model"
@@ -100,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.wait_ready()
         models = [path.parent.name for path in next(iter(servers.values())).repository.glob("*/config.pbtxt")]
         for text_set in sets:
-            texts = short_texts(200) if text_set == "short" else long_texts(24)
+            texts = TEXT_SETS[text_set]()
             cpu = {name: Counter() for name in servers}
             done = Counter()
             for round_index in range(args.rounds):
@@ -122,8 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 LOGGER.info("%s round %d/%d done", text_set, round_index + 1, args.rounds)
             print_table(text_set, cpu, done)
     finally:
-        for server in servers.values():
-            server.stop()
+        stop_all(list(servers.values()))
     return 0
 
 

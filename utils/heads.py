@@ -1,5 +1,5 @@
-"""What transformers' text-classification pipeline does with a classifier's logits, for the converter, the int8
-check and the benchmark (the served copy of the functions is model_repository/post_processing/1/model.py, which
+"""What transformers' text-classification pipeline does with a classifier's logits, for the converter and the
+int8 check (the served copy of the functions is model_repository/post_processing/1/model.py, which
 runs inside Triton without this package).
 
 The pipeline's default `function_to_apply` (transformers/pipelines/text_classification.py, `postprocess`):
@@ -12,9 +12,6 @@ from typing import Any, Callable
 
 import numpy as np
 
-FUNCTION_NAMES = ("softmax", "sigmoid", "none")
-
-
 def pipeline_function(problem_type: str | None, num_labels: int) -> str:
     """The function the pipeline applies by default to a model with this config."""
     if problem_type == "regression":
@@ -22,12 +19,6 @@ def pipeline_function(problem_type: str | None, num_labels: int) -> str:
     if problem_type == "multi_label_classification" or num_labels == 1:
         return "sigmoid"
     return "softmax"  # single_label_classification, or no problem_type and several labels
-
-
-def is_multi_label(function: str, num_labels: int) -> bool:
-    """Whether the served answer also names every label that applies (`labels`): independent per-class
-    probabilities over two or more classes."""
-    return function == "sigmoid" and num_labels > 1
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -75,7 +75,8 @@ class TritonPythonModel:
         top = values.argmax(axis=1)
         labels = self.labels[top].reshape(-1, 1)
         scores = values[np.arange(len(top)), top].reshape(-1, 1)
-        applicable = self.applicable_labels(values) if self.with_labels else None
+        applied = values >= self.threshold if self.with_labels else None  # [n, num_labels]: which labels apply
+        applicable = self.applicable_labels(values, applied) if applied is not None else None
 
         responses = []
         start = 0
@@ -96,15 +97,14 @@ class TritonPythonModel:
                 tensors.append(pb_utils.Tensor("labels", applicable[start:end]))
             responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
             start = end
-        self.metrics.record(requests, responses, top, scores,
-                            applied=values >= self.threshold if self.with_labels else None)
+        self.metrics.record(requests, responses, top, scores, applied=applied)
         return responses
 
-    def applicable_labels(self, values: np.ndarray) -> np.ndarray:
-        """[n, num_labels] names: those with value >= threshold, highest first (ties by class id), then ""."""
+    def applicable_labels(self, values: np.ndarray, applied: np.ndarray) -> np.ndarray:
+        """[n, num_labels] names: those that apply (value >= threshold), highest first (ties by class id), then ""."""
         order = np.argsort(-values, axis=1, kind="stable")
         names = self.labels[order]
-        names[np.take_along_axis(values, order, axis=1) < self.threshold] = b""
+        names[~np.take_along_axis(applied, order, axis=1)] = b""
         return names
 
     def finalize(self) -> None:
