@@ -159,13 +159,13 @@ CRASH_SIGNS = ("Stub process is unhealthy", "terminate called", "Non-graceful te
                "Segmentation fault")
 
 
-def assert_log_shows_no_crash(server: LocalTriton) -> None:
-    """Nothing made a backend stub or the server abort (its log has none of the signs)."""
+def assert_log_shows_no_crash(server: LocalTriton, extra: tuple[str, ...] = ()) -> None:
+    """Nothing made a backend stub or the server abort (its log has none of the signs, nor of `extra`)."""
     import time
 
     time.sleep(0.2)
     log = server.log.read_text(errors="replace")
-    for sign in CRASH_SIGNS:
+    for sign in CRASH_SIGNS + extra:
         assert sign not in log, sign
 
 

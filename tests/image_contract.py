@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,34 +102,13 @@ def _healthcheck(rest: str) -> Healthcheck:
 class Entrypoint:
     """What the image's entrypoint does with the server's options, from its own sources: the tritonserver options
     it sets or refuses (a chart must not pass them), and the longest it may take from SIGTERM to exit.
-
-    Two layouts: today's docker/serve_image.sh, which execs tritonserver with the options its --help lists; and
-    the gateway's (issue 11), where gateway/tritonserver.py defines the options and gateway/settings.py the drain
-    and exit timeouts."""
+    gateway/tritonserver.py defines the options, gateway/settings.py the drain and exit timeouts."""
 
     reserved_options: frozenset[str]
     shutdown_s: float
 
     @classmethod
     def read(cls, root: Path = ROOT) -> "Entrypoint":
-        gateway = root / "gateway"
-        if (gateway / "tritonserver.py").exists():
-            return cls._from_gateway(root)
-        text = subprocess.run(["bash", str(root / "docker" / "serve_image.sh"), "--help"], capture_output=True,
-                              text=True, timeout=30, check=True).stdout
-        start, end = text.find("Starts tritonserver"), text.find("and then")
-        assert 0 <= start < end, ("serve_image.sh --help no longer says which tritonserver options it sets "
-                                  f"(\"Starts tritonserver ... with ... and then\"): update Entrypoint.read\n{text}")
-        options = {}
-        for word in shlex.split(text[start:end].split("with", 1)[1]):
-            if word.startswith("--"):
-                name, _, value = word.partition("=")
-                options[name] = value
-        assert "--exit-timeout-secs" in options, f"no --exit-timeout-secs in serve_image.sh --help:\n{text}"
-        return cls(reserved_options=frozenset(options), shutdown_s=float(options["--exit-timeout-secs"]))
-
-    @classmethod
-    def _from_gateway(cls, root: Path) -> "Entrypoint":
         probe = (
             "import json, re\n"
             "from gateway import settings, tritonserver\n"
@@ -151,13 +129,8 @@ class Entrypoint:
 
 
 def accepts_admin_key(key: str, root: Path = ROOT) -> bool:
-    """Whether the image's lock-down takes `key` as TRITONED_ADMIN_KEY: docker/lockdown.sh's make_admin_key, or
-    the gateway's `python -m gateway.lockdown` (exit 0: fit)."""
+    """Whether the image's lock-down takes `key` as TRITONED_ADMIN_KEY (`python -m gateway.lockdown` exits 0)."""
     environment = {"TRITONED_ADMIN_KEY": key, "PATH": "/usr/bin:/bin", "PYTHONPATH": str(root)}
-    lockdown_script = root / "docker" / "lockdown.sh"
-    if lockdown_script.exists():
-        command = ["bash", "-c", f'source "{lockdown_script}"; make_admin_key >/dev/null']
-    else:
-        command = ["python3", "-m", "gateway.lockdown"]
-    result = subprocess.run(command, env=environment, capture_output=True, timeout=30, cwd=root)
+    result = subprocess.run(["python3", "-m", "gateway.lockdown"], env=environment, capture_output=True, timeout=30,
+                            cwd=root)
     return result.returncode == 0

@@ -13,7 +13,6 @@ import json
 import queue
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from tritonclient.utils import InferenceServerException
 from conftest import Artifacts, assert_log_shows_no_crash, backend_stub_count, make_image
 from local_triton import LocalTriton
 from reference import labels_of, pytorch_probabilities
+from traffic import stubs_of_group
 
 MODEL_NAME = "ensemble_model"
 MAX_BATCH_SIZE = 4  # make_triton_image.sh's default
@@ -89,16 +89,7 @@ class Served:
 
 def stub_pids(server: LocalTriton) -> set[int]:
     """The Python backend stubs of this server (its process group)."""
-    pids = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            pid, rest = stat.read_text().split(" (", 1)
-            comm, fields = rest.rsplit(") ", 1)
-        except OSError:
-            continue
-        if int(fields.split()[2]) == server.process.pid and comm.startswith("triton_python"):
-            pids.add(int(pid))
-    return pids
+    return set(stubs_of_group(server.process.pid).values())
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 """The Helm chart deploy/helm/tritoned-bert, offline and with real tools: rendered by Helm's engine
 (helm-python-sdk, Helm v4) for the default values and every documented variant (its examples/), each object
 validated strictly against the Kubernetes JSON schemas (kubernetes-validate), scanned by checkov, and
-compared with what the image declares (Dockerfile, docker/serve_image.sh, docker/lockdown.sh).
+compared with what the image declares (Dockerfile, docker/serve_image.sh, gateway/).
 The pod spec itself runs in tests/test_helm_pod.py."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def all_variants() -> dict[str, dict]:
     found = variants()
     assert len(found) >= 7, f"examples/ lost variants: {sorted(found)}"
     found["admin-key-value"] = {"adminKey": {"value": uuid.uuid4().hex}}
-    # The end-to-end liveness check (issue 11): rendered and checked before the image has it.
+    # The end-to-end liveness check of the image (/opt/tritoned/healthcheck).
     found["liveness-exec"] = {"probes": {"livenessCommand": ["/opt/tritoned/healthcheck"]}}
     return found
 
