@@ -190,37 +190,43 @@ export_head_settings() {
   fi
   export FUNCTION_TO_APPLY="${FUNCTION:-$FUNCTION_TO_APPLY}"
   export LABEL_THRESHOLD="${THRESHOLD:-$DEFAULT_THRESHOLD}"
+  local multi_label=0 output="  ,{ name: \"labels\", data_type: TYPE_STRING, dims: [ $NUM_LABELS ] }"
   if [[ "$FUNCTION_TO_APPLY" == sigmoid && "$NUM_LABELS" -gt 1 ]]; then
-    export ENSEMBLE_LABELS_OUTPUT="  ,{ name: \"labels\", data_type: TYPE_STRING, dims: [ $NUM_LABELS ] }"
-    export ENSEMBLE_LABELS_OUTPUT_MAP='      output_map { key: "labels" value: "labels" }'
-    export POSTPROCESSING_LABELS_OUTPUT="$ENSEMBLE_LABELS_OUTPUT"
+    multi_label=1
   else
     [[ -z "$THRESHOLD" ]] || die "--threshold applies to multi-label models only (sigmoid over 2+ labels); this" \
       "model gets $FUNCTION_TO_APPLY over $NUM_LABELS label(s): drop --threshold (or pass --function sigmoid)"
-    export ENSEMBLE_LABELS_OUTPUT="" ENSEMBLE_LABELS_OUTPUT_MAP="" POSTPROCESSING_LABELS_OUTPUT=""
   fi
+  export_snippets "$multi_label" "ENSEMBLE_LABELS_OUTPUT=$output" "POSTPROCESSING_LABELS_OUTPUT=$output" \
+    'ENSEMBLE_LABELS_OUTPUT_MAP=      output_map { key: "labels" value: "labels" }'
+}
+
+# export_snippets ON NAME=VALUE...: exports each NAME as VALUE when ON is 1, else as "" (a config snippet that the
+# *.template files render in place or leave out).
+export_snippets() {
+  local on="$1" pair
+  shift
+  for pair in "$@"; do
+    if [[ "$on" == 1 ]]; then
+      export "${pair%%=*}=${pair#*=}"
+    else
+      export "${pair%%=*}="
+    fi
+  done
 }
 
 export_text_pair_snippets() {
-  if [[ "$TEXT_PAIR" == 1 ]]; then
-    export ENSEMBLE_TEXT_PAIR_INPUT='  ,{ name: "text_pair", data_type: TYPE_STRING, dims: [ 1 ] }'
-    export ENSEMBLE_TEXT_PAIR_INPUT_MAP='      input_map { key: "text_pair" value: "text_pair" }'
-    export PREPROCESSING_TEXT_PAIR_INPUT="$ENSEMBLE_TEXT_PAIR_INPUT"
-  else
-    export ENSEMBLE_TEXT_PAIR_INPUT="" ENSEMBLE_TEXT_PAIR_INPUT_MAP="" PREPROCESSING_TEXT_PAIR_INPUT=""
-  fi
+  local input='  ,{ name: "text_pair", data_type: TYPE_STRING, dims: [ 1 ] }'
+  export_snippets "$TEXT_PAIR" "ENSEMBLE_TEXT_PAIR_INPUT=$input" "PREPROCESSING_TEXT_PAIR_INPUT=$input" \
+    'ENSEMBLE_TEXT_PAIR_INPUT_MAP=      input_map { key: "text_pair" value: "text_pair" }'
 }
 
 export_token_type_ids_snippets() {
-  if [[ "$HAS_TOKEN_TYPE_IDS" == 1 ]]; then
-    export ENSEMBLE_TOKEN_TYPE_IDS_OUTPUT_MAP='      output_map { key: "token_type_ids" value: "token_type_ids" }'
-    export ENSEMBLE_TOKEN_TYPE_IDS_INPUT_MAP='      input_map { key: "token_type_ids" value: "token_type_ids" }'
-    export PREPROCESSING_TOKEN_TYPE_IDS_OUTPUT='  ,{ name: "token_type_ids", data_type: TYPE_INT64, dims: [ -1 ] }'
-    export MODEL_TOKEN_TYPE_IDS_INPUT='  ,{ name: "token_type_ids", data_type: TYPE_INT64, dims: [ -1 ] }'
-  else
-    export ENSEMBLE_TOKEN_TYPE_IDS_OUTPUT_MAP="" ENSEMBLE_TOKEN_TYPE_IDS_INPUT_MAP=""
-    export PREPROCESSING_TOKEN_TYPE_IDS_OUTPUT="" MODEL_TOKEN_TYPE_IDS_INPUT=""
-  fi
+  local tensor='  ,{ name: "token_type_ids", data_type: TYPE_INT64, dims: [ -1 ] }'
+  export_snippets "$HAS_TOKEN_TYPE_IDS" \
+    'ENSEMBLE_TOKEN_TYPE_IDS_OUTPUT_MAP=      output_map { key: "token_type_ids" value: "token_type_ids" }' \
+    'ENSEMBLE_TOKEN_TYPE_IDS_INPUT_MAP=      input_map { key: "token_type_ids" value: "token_type_ids" }' \
+    "PREPROCESSING_TOKEN_TYPE_IDS_OUTPUT=$tensor" "MODEL_TOKEN_TYPE_IDS_INPUT=$tensor"
 }
 
 # Dynamic int8 quantization picks its activation scale per run: batched with other requests, a text's
