@@ -177,3 +177,44 @@ def client_of(server: LocalTriton, protocol: str):
     if protocol == "http":
         return httpclient.InferenceServerClient(server.http_url, network_timeout=120, connection_timeout=120)
     return grpcclient.InferenceServerClient(server.grpc_url)
+
+
+@dataclass
+class ServedModel:
+    """A tiny model of one kind, assembled by make_triton_image.sh --no-build and served by the local Triton, with
+    transformers' pipeline answers (reference.Expected) to the items it is asked: texts, or (text, text_pair)."""
+
+    kind: str
+    artifacts: Artifacts
+    server: LocalTriton
+    repository: Path
+    expected: dict
+    multi_label: bool
+    tolerance: float
+
+    def client(self, protocol: str):
+        return client_of(self.server, protocol)
+
+    def check(self, items: list, result) -> None:
+        """The served outputs of `items` (one request, tritonclient result) are the pipeline's answers."""
+        from reference import assert_answers
+
+        assert_answers(result, [self.expected[item] for item in items], self.tolerance, self.multi_label)
+
+
+def serve_model(kind: str, items: list, options: list[str], tiny_artifacts, serve, tmp_path_factory,
+                threshold: float = 0.5, multi_label: bool = False, tolerance: float = 1e-4) -> ServedModel:
+    """tiny_artifacts(kind) through make_triton_image.sh --no-build OPTIONS, served, and the pipeline's answers to
+    `items` (truncated to the served max_sequence_length)."""
+    from bench.local_server import max_sequence_length
+    from reference import expected_outputs, pipeline_answers
+
+    artifacts = tiny_artifacts(kind)
+    build_dir = tmp_path_factory.mktemp(f"build-{kind}")
+    result = make_image(artifacts, build_dir, "--no-build", *options)
+    assert result.returncode == 0, result.stderr
+    repository = build_dir / "ensemble_model" / "context" / "model_repository"
+    server = serve(repository, build_dir / "server.log", build_dir)
+    answers = pipeline_answers(artifacts.hf_dir, items, max_sequence_length(repository))
+    expected = {item: expected_outputs(answer, artifacts.labels(), threshold) for item, answer in zip(items, answers)}
+    return ServedModel(kind, artifacts, server, repository, expected, multi_label, tolerance)

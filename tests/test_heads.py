@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,9 +13,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, Artifacts, client_of, infer_items, make_image
-from local_triton import LocalTriton
-from reference import Expected, assert_answers, expected_outputs, pipeline_answers
+from conftest import infer_items, serve_model
+from conftest import ServedModel as Served
 from test_end_to_end import TEXTS
 
 MODEL_NAME = "ensemble_model"
@@ -32,36 +29,12 @@ KINDS = {
 PROTOCOLS = {"http": httpclient, "grpc": grpcclient}
 
 
-@dataclass
-class Served:
-    kind: str
-    artifacts: Artifacts
-    server: LocalTriton
-    repository: Path
-    expected: dict[str, Expected]
-
-    def client(self, protocol: str):
-        return client_of(self.server, protocol)
-
-    def check(self, texts: list[str], result) -> None:
-        """The served outputs of `texts` are the pipeline's answers."""
-        assert_answers(result, [self.expected[text] for text in texts], TOLERANCE, "labels" in KINDS[self.kind][1])
-
-
 @pytest.fixture(scope="module", params=list(KINDS))
 def served(request, tiny_artifacts, serve, tmp_path_factory) -> Served:
     kind = request.param
-    artifacts = tiny_artifacts(kind)
-    build_dir = tmp_path_factory.mktemp(f"build-{kind}")
     options = ["--threshold", str(THRESHOLD)] if kind == "multi_label" else []
-    result = make_image(artifacts, build_dir, "--no-build", *options)
-    assert result.returncode == 0, result.stderr
-    repository = build_dir / MODEL_NAME / "context" / "model_repository"
-    server = serve(repository, build_dir / "server.log", build_dir)
-    max_length = json.loads((artifacts.out_dir / "conversion_report.json").read_text())["max_sequence_length"]
-    expected = [expected_outputs(answer, artifacts.labels(), THRESHOLD)
-                for answer in pipeline_answers(artifacts.hf_dir, TEXTS, max_length)]
-    return Served(kind, artifacts, server, repository, dict(zip(TEXTS, expected)))
+    return serve_model(kind, TEXTS, options, tiny_artifacts, serve, tmp_path_factory, threshold=THRESHOLD,
+                       multi_label="labels" in KINDS[kind][1], tolerance=TOLERANCE)
 
 
 def test_the_converter_records_the_pipelines_function(served: Served) -> None:
@@ -124,8 +97,6 @@ def test_top_k_by_the_classification_extension(served: Served, protocol: str) ->
         assert score[1:] == (0, "") and abs(score[0] - want.score) < TOLERANCE
 
 
-@pytest.mark.skipif(not (ROOT / "gateway").is_dir(), reason="needs the gateway front (issue 15): Triton 2.51 itself "
-                    "dies of SIGFPE on top-k of a BYTES output, and only the front refuses it")
 @pytest.mark.parametrize("protocol", list(PROTOCOLS))
 def test_top_k_on_a_bytes_output_is_refused(served: Served, protocol: str) -> None:
     module = PROTOCOLS[protocol]

@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import json
 import queue
-from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +16,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import Artifacts, assert_log_shows_no_crash, bytes_input, client_of, infer_items, make_image
-from local_triton import LocalTriton
-from reference import Expected, assert_answers, expected_outputs, pipeline_answers
+from conftest import assert_log_shows_no_crash, bytes_input, infer_items, serve_model
+from conftest import ServedModel as Served
+from reference import expected_outputs, pipeline_answers
 
 MODEL_NAME = "ensemble_model"
 TOLERANCE = 1e-4
@@ -41,35 +39,11 @@ PAIRS = [
 ]
 
 
-@dataclass
-class Served:
-    kind: str
-    artifacts: Artifacts
-    server: LocalTriton
-    repository: Path
-    expected: dict[tuple[str, str], Expected]
-
-    def client(self, protocol: str):
-        return client_of(self.server, protocol)
-
-    def check(self, pairs: list[tuple[str, str]], result) -> None:
-        assert_answers(result, [self.expected[pair] for pair in pairs], TOLERANCE, multi_label=False)
-
-
 @pytest.fixture(scope="module", params=KINDS)
 def served(request, tiny_artifacts, serve, tmp_path_factory) -> Served:
-    kind = request.param
-    artifacts = tiny_artifacts(kind)
-    build_dir = tmp_path_factory.mktemp(f"build-{kind}")
     # A batch delay lets the dynamic batchers put concurrent good and bad requests into one execute.
-    result = make_image(artifacts, build_dir, "--no-build", "--text-pair", "--batch-delay-us", "5000")
-    assert result.returncode == 0, result.stderr
-    repository = build_dir / MODEL_NAME / "context" / "model_repository"
-    server = serve(repository, build_dir / "server.log", build_dir)
-    max_length = json.loads((artifacts.out_dir / "conversion_report.json").read_text())["max_sequence_length"]
-    expected = [expected_outputs(answer, artifacts.labels())
-                for answer in pipeline_answers(artifacts.hf_dir, PAIRS, max_length)]
-    return Served(kind, artifacts, server, repository, dict(zip(PAIRS, expected)))
+    return serve_model(request.param, PAIRS, ["--text-pair", "--batch-delay-us", "5000"], tiny_artifacts, serve,
+                       tmp_path_factory, tolerance=TOLERANCE)
 
 
 def assert_still_serving(served: Served) -> None:
