@@ -14,6 +14,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -45,18 +46,56 @@ def wait_for(condition, timeout: float, interval: float = 0.05):
 
 
 @pytest.fixture(scope="module")
-def server(tiny_artifacts, serve, tmp_path_factory) -> LocalTriton:
+def servers(tiny_artifacts, serve, tmp_path_factory) -> Callable[[], LocalTriton]:
+    """The module's server; a fresh one once the last has exited, as a restart policy would start one."""
     build_dir = tmp_path_factory.mktemp("build-supervisor")
     assert make_image(tiny_artifacts("bert"), build_dir, "--no-build").returncode == 0
-    return serve(build_dir / MODEL / "context" / "model_repository", build_dir / "server.log", build_dir)
+    started: list[LocalTriton] = []
+
+    def current() -> LocalTriton:
+        if not started or started[-1].process.poll() is not None:
+            started.append(serve(build_dir / MODEL / "context" / "model_repository",
+                                 build_dir / f"server-{len(started)}.log", build_dir))
+        return started[-1]
+
+    return current
+
+
+@pytest.fixture
+def server(servers: Callable[[], LocalTriton]) -> LocalTriton:
+    return servers()
 
 
 @pytest.fixture(scope="module")
-def expected(server: LocalTriton) -> dict[str, str]:
-    return {text: infer(server.http_url, text) for text in TEXTS}
+def expected(servers: Callable[[], LocalTriton]) -> dict[str, str]:
+    return {text: infer(servers().http_url, text) for text in TEXTS}
+
+
+def wait_for_recovery(server: LocalTriton, killed: float) -> list[float]:
+    """Times of the gateway's "recovered in" lines after `killed`; [] when none came in time or the server ended."""
+    def recoveries() -> list[float]:
+        return [t for t, m in log_events(server, killed) if m.startswith("recovered in")]
+
+    wait_for(lambda: recoveries() or server.process.poll() is not None, RECOVERY_LIMIT_S + 5, 0.1)
+    return recoveries()
+
+
+def xfail_if_triton_aborted(server: LocalTriton) -> None:
+    """Triton 2.51's Python backend sometimes aborts the whole server when a stub is killed while it holds a
+    shared-memory lock (terminate on boost::interprocess::lock_exception), an upstream defect no front can catch.
+    Then the documented fallback must hold: the gateway exits at once with tritonserver's status (non-zero) and
+    says so, so that a restart policy starts a fresh server (as `servers` does for the next test)."""
+    if server.process.poll() is None:
+        return
+    log = server.log.read_text(errors="replace")
+    assert TRITON_ABORT in log, f"the server ended, not by the known Triton 2.51 abort:\n{log}"
+    assert server.process.returncode != 0 and "tritonserver killed by signal SIGABRT: exiting with status" in log, log
+    pytest.xfail(f"Triton 2.51 aborted when the stub died ({TRITON_ABORT}, upstream); the gateway exited "
+                 f"{server.process.returncode} as documented")
 
 
 INSTANCES = ["text_preprocessing_0_0", "model_onnx_0_0", "model_onnx_0_1", "post_processing_0_0"]
+TRITON_ABORT = "boost::interprocess::lock_exception"
 
 
 @pytest.mark.parametrize("instance", INSTANCES)
@@ -68,9 +107,9 @@ def test_killed_stub_is_detected_and_its_model_reloaded_under_load(server: Local
         time.sleep(1.0)
         killed = time.time()
         os.kill(before[instance], signal.SIGKILL)
-        recovered = wait_for(lambda: [t for t, m in log_events(server, killed) if m.startswith("recovered in")],
-                             RECOVERY_LIMIT_S + 5, 0.1)
+        recovered = wait_for_recovery(server, killed)
         time.sleep(1.0)  # correct answers go on after the recovery
+    xfail_if_triton_aborted(server)
     assert recovered, server.log_text()
     events = log_events(server, killed)
     detected = next(t for t, m in events if "backend process(es) died" in m and instance in m)
@@ -112,11 +151,13 @@ def test_readiness_is_false_while_recovering(server: LocalTriton, expected: dict
         time.sleep(0.3)
         killed = time.time()
         os.kill(stubs(server)["post_processing_0_0"], signal.SIGKILL)
-        assert wait_for(lambda: any(m.startswith("recovered in") for _, m in log_events(server, killed)), 60, 0.1)
+        recovered = wait_for_recovery(server, killed)
         time.sleep(0.3)
     finally:
         stop.set()
         thread.join()
+    xfail_if_triton_aborted(server)
+    assert recovered, server.log_text()
     assert seen[0] == (200, True) and seen[-1] == (200, True), seen[:3] + seen[-3:]
     assert (503, False) in seen, f"readiness never turned false: {sorted(set(seen))}"
     assert infer(server.http_url, TEXTS[0]) == expected[TEXTS[0]]
