@@ -58,6 +58,7 @@ class Gateway:
             tritonserver.command(settings.tritonserver, self.ports, admin_key, settings.triton_exit_timeout_s))
         budget = BodyBudget(settings.limits.max_bytes_in_flight, small=settings.limits.body_overhead_bytes)
         self.http = HttpFront(self.ports.http, settings.limits, self.health, budget)
+        self.http.find_repository(settings.tritonserver)  # tritoned.json, for the HF and TEI APIs (issue 22)
         self.grpc = GrpcFront(self.ports.grpc, settings.limits, self.health, budget)
         self.stop_requested: asyncio.Event | None = None
         self.grpc_server: grpc.aio.Server | None = None

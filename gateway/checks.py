@@ -11,6 +11,7 @@ from typing import Any, Iterable
 from .catalog import Model
 
 _JSON_CONTAINERS = (dict, list)
+STUB_FAILURE = "Stub process"  # how Triton 2.51 words a request failed by a dead Python backend stub (both fronts)
 
 
 class Rejected(Exception):

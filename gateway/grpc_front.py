@@ -21,7 +21,6 @@ from .settings import Limits
 log = logging.getLogger("tritoned.grpc")
 SERVICE = "inference.GRPCInferenceService"
 REFUSED = ("RepositoryModelLoad", "RepositoryModelUnload")
-STUB_FAILURE = "Stub process"
 
 
 def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, Any], ...]:
@@ -126,7 +125,7 @@ class GrpcFront:
         try:
             return await self._model_infer(raw, metadata=_forwarded_metadata(context), timeout=self._timeout(context))
         except grpc.aio.AioRpcError as failure:
-            if STUB_FAILURE in (failure.details() or "") and supervisor is not None and \
+            if checks.STUB_FAILURE in (failure.details() or "") and supervisor is not None and \
                     await supervisor.healed_since(generation, self._timeout(context)):
                 log.info("gRPC request failed while a backend process was dead: sent again after the recovery")
                 return await forward(raw, context)

@@ -1,0 +1,117 @@
+"""The repository manifest `tritoned.json` (written by make_triton_image.sh at the root of every assembled model
+repository): the served model's facts for the run-time side, read here once. Standard library only."""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FILE_NAME = "tritoned.json"
+FORMAT = 1
+FUNCTIONS = ("softmax", "sigmoid", "none")
+REPOSITORY_OPTIONS = ("--model-repository", "--model-store")  # tritonserver's option and its old alias
+FIX = "rebuild the repository with ./make_triton_image.sh (it writes the manifest)"
+
+
+class ManifestError(ValueError):
+    """A missing or malformed manifest; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    ensemble: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    string_outputs: tuple[str, ...]
+    max_batch_size: int
+    labels: tuple[str, ...]
+    function_to_apply: str
+    pipeline_function: str
+    label_threshold: float | None
+    max_sequence_length: int
+    triton_release: str | None
+    format: int = FORMAT
+
+    @property
+    def takes_pairs(self) -> bool:
+        return "text_pair" in self.inputs
+
+    @property
+    def is_reranker(self) -> bool:
+        """A cross-encoder: one logit over a text pair (TEI's /rerank)."""
+        return self.takes_pairs and len(self.labels) == 1
+
+
+def _field(data: dict[str, Any], name: str, kinds: type | tuple[type, ...], path: Path, nullable: bool = False) -> Any:
+    if name not in data:
+        raise ManifestError(f"{path}: member '{name}' is missing; {FIX}")
+    value = data[name]
+    if value is None and nullable:
+        return None
+    allowed = kinds if isinstance(kinds, tuple) else (kinds,)
+    if not isinstance(value, allowed) or (isinstance(value, bool) and bool not in allowed):
+        raise ManifestError(f"{path}: member '{name}' has the wrong type ({type(value).__name__}); {FIX}")
+    return value
+
+
+def _strings(data: dict[str, Any], name: str, path: Path) -> tuple[str, ...]:
+    value = _field(data, name, list, path)
+    if not all(isinstance(item, str) for item in value):
+        raise ManifestError(f"{path}: member '{name}' must be a list of strings; {FIX}")
+    return tuple(value)
+
+
+def parse(data: Any, path: Path) -> Manifest:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{path}: not a JSON object; {FIX}")
+    if data.get("format") != FORMAT:
+        raise ManifestError(f"{path}: format {data.get('format')!r} is not {FORMAT}, the one this gateway reads; {FIX}")
+    functions = {name: _field(data, name, str, path) for name in ("function_to_apply", "pipeline_function")}
+    for name, value in functions.items():
+        if value not in FUNCTIONS:
+            raise ManifestError(f"{path}: '{name}' is {value!r}, not one of {', '.join(FUNCTIONS)}; {FIX}")
+    manifest = Manifest(
+        ensemble=_field(data, "ensemble", str, path), inputs=_strings(data, "inputs", path),
+        outputs=_strings(data, "outputs", path), string_outputs=_strings(data, "string_outputs", path),
+        max_batch_size=_field(data, "max_batch_size", int, path), labels=_strings(data, "labels", path),
+        function_to_apply=functions["function_to_apply"], pipeline_function=functions["pipeline_function"],
+        label_threshold=_field(data, "label_threshold", (int, float), path, nullable=True),
+        max_sequence_length=_field(data, "max_sequence_length", int, path),
+        triton_release=_field(data, "triton_release", str, path, nullable=True))
+    if not manifest.labels or manifest.max_batch_size < 1 or manifest.max_sequence_length < 1:
+        raise ManifestError(f"{path}: 'labels' must not be empty and 'max_batch_size', 'max_sequence_length' must be "
+                            f"positive; {FIX}")
+    if "text_input" not in manifest.inputs or "probabilities" not in manifest.outputs:
+        raise ManifestError(f"{path}: the ensemble must take 'text_input' and answer 'probabilities'; {FIX}")
+    return manifest
+
+
+def load(repository_dir: Path | str) -> Manifest:
+    """The manifest of a model repository; ManifestError naming the file and the fix when missing or malformed."""
+    path = Path(repository_dir) / FILE_NAME
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ManifestError(f"{path} does not exist: the model repository has no manifest; {FIX}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ManifestError(f"{path} cannot be read ({error}); {FIX}") from None
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise ManifestError(f"{path} is not valid JSON ({error}); {FIX}") from None
+    return parse(data, path)
+
+
+def repository_of(command: list[str]) -> Path | None:
+    """The model repository named by tritonserver's arguments (--model-repository=DIR or --model-repository DIR);
+    None when there is none (or several: the manifest of which would be ambiguous)."""
+    found: list[str] = []
+    for index, arg in enumerate(command):
+        name, equals, value = arg.partition("=")
+        if name in REPOSITORY_OPTIONS:
+            if equals:
+                found.append(value)
+            elif index + 1 < len(command):
+                found.append(command[index + 1])
+    return Path(found[0]) if len(found) == 1 else None
