@@ -79,21 +79,19 @@ repository_dir() {
   (cd "$dir" && pwd)
 }
 
-# Refuses a directory that is not an assembled model repository (e.g. a Hugging Face checkpoint) before starting.
+# Refuses a directory that is not an assembled model repository (e.g. a Hugging Face checkpoint) before starting:
+# make_triton_image.sh writes the manifest tritoned.json at the root of each (gateway/manifest.py reads it).
 check_repository() {
-  local dir="$1" config ensemble=""
+  local dir="$1" python="$2" problem
   local assemble="./make_triton_image.sh --no-build MODEL.onnx TOKENIZER_DIR ID2LABEL.json [MODEL_NAME], then ./serve_local.sh [MODEL_NAME]"
-  for config in "$dir"/*/config.pbtxt; do
-    [[ -f "$config" ]] || continue
-    if grep -Eq '^[[:space:]]*platform:[[:space:]]*"ensemble"' "$config"; then
-      ensemble="$(basename "$(dirname "$config")")"
-    fi
-  done
-  if [[ -z "$ensemble" ]]; then
+  if [[ ! -f "$dir/tritoned.json" ]]; then
     local what="is not a model repository"
     [[ ! -f "$dir/config.json" ]] || what="looks like a Hugging Face checkpoint, not a model repository (convert it first: .venv/bin/python utils/convert_to_onnx.py --model $dir --model-storage local --output-dir out/)"
-    die "$dir $what: expected one directory per model with a config.pbtxt (text_preprocessing, model_onnx, post_processing and an ensemble), as make_triton_image.sh assembles in build/MODEL_NAME/context/model_repository. Assemble one: $assemble"
+    compgen -G "$dir/*/config.pbtxt" >/dev/null && what="is not a model repository assembled by this version of make_triton_image.sh (no tritoned.json at its root)"
+    die "$dir $what: expected the models text_preprocessing, model_onnx, post_processing and an ensemble, with the manifest tritoned.json, as make_triton_image.sh assembles in build/MODEL_NAME/context/model_repository. Assemble one: $assemble"
   fi
+  problem="$(PYTHONPATH="$ROOT" "$python" -c 'import sys; from gateway import manifest; manifest.load(sys.argv[1])' "$dir" 2>&1)" \
+    || die "${problem##*ManifestError: }"
 }
 
 find_python() {
@@ -149,12 +147,11 @@ clean_stale_shm() {
 
 main() {
   parse_args "$@"
-  command -v curl >/dev/null || die "curl not found (apt-get install curl)"
   local repo python site libdir version backends shm
   python="$(find_python)"
   PYTHONPATH="$ROOT" "$python" -m gateway.lockdown || die "refusing to start"
   repo="$(repository_dir)"
-  check_repository "$repo"
+  check_repository "$repo" "$python"
   read -r site libdir version < <(python_layout "$python")
   backends="$(prepare_backends "$site" "$version")"
 

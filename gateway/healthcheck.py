@@ -7,22 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import probe
-
-
-def ensemble_in(repository: Path) -> str | None:
-    """The first (by name) ensemble of a model repository on disk: the model clients call."""
-    for config in sorted(repository.glob("*/config.pbtxt")):
-        if re.search(r'^\s*platform:\s*"ensemble"', config.read_text(encoding="utf-8", errors="replace"), re.M):
-            return config.parent.name
-    return None
+from . import manifest, probe
 
 
 def _call(url: str, body: bytes | None, deadline: float) -> tuple[int, bytes]:
@@ -58,16 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", default=os.environ.get("TRITONED_HEALTHCHECK_URL", "127.0.0.1:8000"),
                         help="the public HTTP address (default 127.0.0.1:8000) [TRITONED_HEALTHCHECK_URL]")
     parser.add_argument("--model", default=os.environ.get("TRITONED_HEALTHCHECK_MODEL"),
-                        help="model to probe (default: the ensemble of --repository) [TRITONED_HEALTHCHECK_MODEL]")
+                        help="model to probe (default: the ensemble that --repository's manifest names) "
+                             "[TRITONED_HEALTHCHECK_MODEL]")
     parser.add_argument("--repository", type=Path, default=Path("/models"),
-                        help="model repository to find the ensemble in (default /models, the image's)")
+                        help="model repository whose manifest tritoned.json names the ensemble (default /models, "
+                             "the image's)")
     parser.add_argument("--timeout", type=float, default=4.0,
                         help="seconds for the whole check (default 4: Docker's and the chart's probe timeout is 5)")
     parser.add_argument("--text", default=probe.TEXT, help="probe text")
     args = parser.parse_args(argv)
-    model = args.model or ensemble_in(args.repository)
-    if not model:
-        print(f"unhealthy: no --model given and no ensemble in {args.repository}", file=sys.stderr)
+    try:
+        model = args.model or manifest.load(args.repository).ensemble
+    except manifest.ManifestError as error:
+        print(f"unhealthy: no --model given and {error}", file=sys.stderr)
         return 2
     base = args.url if "://" in args.url else f"http://{args.url}"
     problem = check(base.rstrip("/"), model, args.text, args.timeout)

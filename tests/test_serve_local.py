@@ -97,3 +97,38 @@ def test_a_directory_that_is_not_a_model_repository_is_refused_before_starting(l
     assert ("Hugging Face checkpoint" in result.stderr) == (layout == "hf_checkpoint"), result.stderr
     assert "convert_to_onnx.py" in result.stderr or layout != "hf_checkpoint"
     assert "ready" not in result.stderr and "curl" not in result.stderr and "Starting Triton" not in result.stderr
+
+
+def refusal(directory: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    import os
+    import sys
+
+    env = {**os.environ, "TRITONED_PYTHON": sys.executable, "TRITONED_BUILD_DIR": str(tmp_path / "build")}
+    return subprocess.run([str(Path(__file__).resolve().parent.parent / "serve_local.sh"), str(directory),
+                           "--http-port", "1"], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("manifest, phrases", [
+    (None, ["no tritoned.json at its root", "./make_triton_image.sh --no-build"]),
+    ("{not json", ["tritoned.json is not valid JSON", "./make_triton_image.sh"]),
+    ('{"format": 1, "ensemble": 5}', ["tritoned.json", "./make_triton_image.sh"]),
+    ('{"format": 99}', ["format 99", "./make_triton_image.sh"]),
+])
+def test_a_repository_without_a_sound_manifest_is_refused_before_starting(repository, tmp_path: Path,
+                                                                          manifest: str | None,
+                                                                          phrases: list[str]) -> None:
+    """The manifest tritoned.json (make_triton_image.sh writes it) is what says a directory is an assembled
+    repository: one assembled before it existed, or with a broken one, is refused with the fix."""
+    import shutil
+
+    copy = tmp_path / "repository"
+    shutil.copytree(repository[0], copy)
+    if manifest is None:
+        (copy / "tritoned.json").unlink()
+    else:
+        (copy / "tritoned.json").write_text(manifest)
+    result = refusal(copy, tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    for phrase in phrases:
+        assert phrase in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "Starting Triton" not in result.stderr, result.stderr

@@ -175,6 +175,14 @@ def test_local_healthcheck_command(server: LocalTriton) -> None:
     for extra in (["--model", "post_processing"], ["--model", "no_such_model"]):  # not text in / not there
         bad = subprocess.run([*command, *extra], capture_output=True, text=True, cwd=root, timeout=30)
         assert bad.returncode == 1 and "unhealthy" in bad.stderr, (extra, bad)
+    # Without --model: the ensemble that the repository's manifest tritoned.json names.
+    found = subprocess.run([*command, "--repository", str(Path(server.repository))], capture_output=True, text=True,
+                           cwd=root, timeout=30)
+    assert found.returncode == 0 and f"healthy: {MODEL} answered" in found.stdout, found
+    missing = subprocess.run([*command, "--repository", str(Path(server.repository) / "model_onnx")],
+                             capture_output=True, text=True, cwd=root, timeout=30)
+    assert missing.returncode == 2 and "tritoned.json" in missing.stderr, missing
+    assert "make_triton_image.sh" in missing.stderr and "Traceback" not in missing.stderr, missing
 
 
 def test_sigterm_drains_16_requests_in_flight(server: LocalTriton, expected: dict[str, str]) -> None:

@@ -34,7 +34,8 @@ from typing import Any, Iterator, Sequence
 if __package__ in (None, ""):  # run as `python utils/convert_to_onnx.py`: make `utils` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from model_repository.tritoned_heads import LabelError, check_id2label, id2label_json, load_json, pipeline_function
+from model_repository.tritoned_heads import (LabelError, check_id2label, id2label_json, load_json,
+                                            pipeline_function)
 from utils.onnx_export import (OUTPUT_NAME, ExportError, architecture_of, check_exported, check_opset, export_onnx,
                                select_inputs)
 from utils.onnx_optimize import (DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_AGREEMENT, AgreementFigures, OptimizationError,
