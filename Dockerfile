@@ -1,10 +1,9 @@
 # The serving image: Triton Inference Server with the assembled model repository.
-# Built by make_triton_image.sh from build/<model_name>/context/ (this file is copied there).
-#   NGC base (default):  --build-arg TRITON_RELEASE=26.07   -> nvcr.io/nvidia/tritonserver:26.07-py3
-#   any other base:      --build-arg BASE_IMAGE=<image laid out like the NGC one>
-#   offline install:     --build-arg WHEELHOUSE=1 with the wheels in the context's wheels/
-ARG TRITON_RELEASE=26.07
-ARG BASE_IMAGE=nvcr.io/nvidia/tritonserver:${TRITON_RELEASE}-py3
+# Built by make_triton_image.sh from build/<model_name>/context/ (this file is copied there), which always passes
+#   the base:         --build-arg BASE_IMAGE=<image>  (nvcr.io/nvidia/tritonserver:<release>-py3 for --triton-release,
+#                     the default release included (make_triton_image.sh's DEFAULT_RELEASE), or --base-image / --standin)
+#   offline install:  --build-arg WHEELHOUSE=1 with the wheels in the context's wheels/
+ARG BASE_IMAGE
 FROM ${BASE_IMAGE}
 
 ARG WHEELHOUSE=0

@@ -10,8 +10,10 @@ RESERVED_NAMES=(text_preprocessing model_onnx post_processing)
 BUILD_DIRS=(artifacts wheels demo bench soak standin triton_backends)
 NGC_IMAGE="nvcr.io/nvidia/tritonserver"
 # Triton 2.71.0 (Ubuntu 24.04, Python 3.12, ONNX Runtime 1.27): the newest tagged release; it has every upstream fix
-# listed in release_defects below. README: "Безопасность" (Security).
+# listed in docker/release_defects.txt. README: "Безопасность" (Security). The one home of the default release: the
+# Dockerfile has none and gets its base from the build argument BASE_IMAGE that docker_build always passes.
 DEFAULT_RELEASE="26.07"
+RELEASE_DEFECTS="$ROOT/docker/release_defects.txt"  # the known defects of older releases
 
 usage() {
   cat <<USAGE
@@ -182,6 +184,14 @@ validate_artifacts() {
   done <<< "$output"
 }
 
+# The request parameter that marks the gateway's health probe (its one home: gateway/probe.py); the model metrics
+# (tritoned_metrics.py) read it from their config and do not count the probe.
+export_probe_parameter() {
+  PROBE_PARAMETER="$(PYTHONPATH="$ROOT" "$1" -c 'from gateway.probe import PROBE_PARAMETER; print(PROBE_PARAMETER)')" \
+    || die "could not read PROBE_PARAMETER from gateway/probe.py"
+  export PROBE_PARAMETER
+}
+
 # What post_processing applies to the logits (the pipeline's function unless --function overrides it), and the
 # multi-label output `labels` (sigmoid over 2+ labels) with its threshold.
 export_head_settings() {
@@ -294,30 +304,24 @@ docker_build() {
   docker build "${args[@]}" "$context"
 }
 
-# Known defects of NGC release $1 (YY.MM) that later releases fix, one per line (none for $DEFAULT_RELEASE).
-# The gateway in front of tritonserver mitigates each of them (README: "Безопасность"); the warning says so.
+# Known defects of NGC release $1 (YY.MM) that later releases fix, one per line: those of docker/release_defects.txt
+# whose fix came after $1 (none for $DEFAULT_RELEASE). The gateway mitigates each (README: "Безопасность").
 release_defects() {
-  local release="$1" yy mm number
-  if [[ ! "$release" =~ ^([0-9]{2})\.([0-9]{2}) ]]; then
+  local release="$1" fixed description
+  if [[ ! "$release" =~ ^[0-9]{2}\.[0-9]{2} ]]; then
     echo "release '$release' is not YY.MM: its defects are unknown to this script"
     return 0
   fi
-  yy="${BASH_REMATCH[1]}" mm="${BASH_REMATCH[2]}"
-  number=$((10#$yy * 100 + 10#$mm))
-  if (( number < 2507 )); then
-    echo "CVE-2025-23319, CVE-2025-23320, CVE-2025-23334: Python backend shared-memory flaws, remotely exploitable (fixed in 25.07)"
-    echo "top-k (classification) asked of a string output kills the server with SIGFPE (fixed in 25.07)"
-    echo "stack allocation per chunk of a chunked HTTP body (fixed in 25.07)"
-  fi
-  if (( number < 2510 )); then
-    echo "stack allocation while inflating a gzip/deflate request body (fixed in 25.10)"
-  fi
-  if (( number < 2605 )); then
-    echo "deeply nested request JSON overflows the stack: SIGSEGV (fixed in 26.05)"
-  fi
-  if (( number < 2604 )); then
-    echo "a dead Python backend process leaves readiness at 200 (fixed in 26.04)"
-  fi
+  while read -r fixed description; do
+    [[ "$fixed" =~ ^[0-9]{2}\.[0-9]{2}$ ]] || continue  # comments and blank lines
+    [[ "$(release_number "$release")" -ge "$(release_number "$fixed")" ]] || echo "$description (fixed in $fixed)"
+  done < "$RELEASE_DEFECTS"
+}
+
+# YY.MM as the number YYMM, to compare releases.
+release_number() {
+  local yy="${1%%.*}" mm="${1#*.}"
+  echo $((10#$yy * 100 + 10#${mm:0:2}))
 }
 
 warn_about_release() {
@@ -358,6 +362,7 @@ main() {
   local python
   python="$(find_python)"
   validate_artifacts "$python" "$model" "$tokenizer" "$id2label"
+  export_probe_parameter "$python"
   [[ "$BASE_IMAGE" != "$NGC_IMAGE:$TRITON_RELEASE-py3" || "$STANDIN" == 1 ]] || warn_about_release
   export_head_settings
   export_text_pair_snippets

@@ -9,7 +9,8 @@ from typing import Any
 STRING_DATATYPE = "BYTES"
 TEXT = "tritoned health probe"  # what the supervisor and the health check send
 # A request parameter that the ensemble passes on to its models: the model metrics (model_repository/
-# tritoned_metrics.py) do not count a request that carries it, so health probes never show up as traffic.
+# tritoned_metrics.py) do not count a request that carries it, so health probes never show up as traffic. Its one
+# home: make_triton_image.sh renders it into the Python models' configs (parameter probe_parameter).
 PROBE_PARAMETER = "tritoned_probe"
 
 

@@ -13,8 +13,9 @@ post_processing records (PredictionMetrics):
 
 `model` is the ensemble's name, `label` an id2label name: the series are bounded by the number of labels. Only texts
 answered or refused count: not a request that failed for non-finite logits, nor the gateway's health probe (requests
-with the parameter tritoned_probe=true). make_triton_image.sh renders two config parameters: `model_metrics` ("true",
-or "false" with --no-model-metrics) and `model_name`; off (or without the parameter) no metric family is created and
+with the probe parameter set to true). make_triton_image.sh renders three config parameters: `model_metrics` ("true",
+or "false" with --no-model-metrics), `model_name` and `probe_parameter` (the name of the gateway's probe parameter,
+gateway/probe.py's PROBE_PARAMETER: its one home); off (or without the parameter) no metric family is created and
 recording does nothing. This one file serves both models: make_triton_image.sh puts a copy beside each model.py.
 
 Cost: a Python-backend metric update is a round trip to the server (~16 us of CPU idle, ~30 us in the stub alone on
@@ -36,9 +37,6 @@ import triton_python_backend_utils as pb_utils
 LOGGER = logging.getLogger("tritoned_metrics")
 FLUSH_INTERVAL_S = 1.0
 MAX_PENDING_OBSERVATIONS = 100_000  # while the server takes no updates at all; beyond, values are dropped (logged)
-# A request with this parameter set to true is not counted: the gateway's end-to-end health probe sends it, so that
-# the probe texts (one every few seconds on every replica) do not show up as traffic.
-PROBE_PARAMETER = "tritoned_probe"
 # reason label -> a phrase of the error messages it stands for; the first match wins, no match is "other", so the
 # label values stay these four whatever a message says.
 REJECT_REASONS = {
@@ -53,14 +51,17 @@ SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)  
 
 # ------------------------------------------------------------------------------------------------ configuration
 
-def settings(config: dict[str, Any]) -> tuple[bool, str]:
-    """(metrics on, the `model` label) from the config parameters make_triton_image.sh renders."""
+def settings(config: dict[str, Any]) -> tuple[bool, str, str]:
+    """(metrics on, the `model` label, the probe parameter) from the config parameters make_triton_image.sh renders.
+    A request with the probe parameter set to true is not counted: the gateway's end-to-end health probe sends it,
+    so that the probe texts (one every few seconds on every replica) do not show up as traffic."""
     parameters = {key: value.get("string_value", "") for key, value in config.get("parameters", {}).items()}
     enabled = parameters.get("model_metrics") == "true"
-    if enabled and not parameters.get("model_name"):
-        raise ValueError(f"{config.get('name')}: model_metrics is on but model_name (the metrics' model label) is "
-                         "missing; assemble the repository with make_triton_image.sh")
-    return enabled, parameters.get("model_name", "")
+    for key, what in (("model_name", "the metrics' model label"), ("probe_parameter", "the gateway's probe marker")):
+        if enabled and not parameters.get(key):
+            raise ValueError(f"{config.get('name')}: model_metrics is on but {key} ({what}) is missing; assemble the "
+                             "repository with make_triton_image.sh")
+    return enabled, parameters.get("model_name", ""), parameters.get("probe_parameter", "")
 
 
 class Disabled:
@@ -76,15 +77,15 @@ class Disabled:
 def tokenization_metrics(config: dict[str, Any], tokenizer: Any, max_length: int) -> "TokenizationMetrics | Disabled":
     """text_preprocessing's metrics, from its parsed config; `tokenizer`: the `tokenizers.Tokenizer` it encodes with
     (for the number of special tokens a text and a pair get)."""
-    enabled, model = settings(config)
-    return TokenizationMetrics(model, tokenizer, max_length) if enabled else Disabled()
+    enabled, model, probe = settings(config)
+    return TokenizationMetrics(model, tokenizer, max_length, probe) if enabled else Disabled()
 
 
 def prediction_metrics(config: dict[str, Any], labels: Sequence[bytes | str]) -> "PredictionMetrics | Disabled":
     """post_processing's metrics, from its parsed config; `labels`: the class names in id order."""
-    enabled, model = settings(config)
+    enabled, model, probe = settings(config)
     names = [name.decode("utf-8") if isinstance(name, bytes) else name for name in labels]
-    return PredictionMetrics(model, names) if enabled else Disabled()
+    return PredictionMetrics(model, names, probe) if enabled else Disabled()
 
 
 # ------------------------------------------------------------------------------------------------------ sending
@@ -139,9 +140,9 @@ class Sender:
             self.flush()
 
 
-def is_probe(request: Any) -> bool:
+def is_probe(request: Any, probe_parameter: str) -> bool:
     parameters = request.parameters()  # a JSON object; the ensemble passes its request's parameters on
-    return PROBE_PARAMETER in parameters and json.loads(parameters).get(PROBE_PARAMETER) is True
+    return probe_parameter in parameters and json.loads(parameters).get(probe_parameter) is True
 
 
 def _guarded(record: Any) -> Any:
@@ -180,7 +181,8 @@ def tokens_before_truncation(encoding: Any, single_specials: int, pair_specials:
 
 
 class TokenizationMetrics:
-    def __init__(self, model: str, tokenizer: Any, max_length: int) -> None:
+    def __init__(self, model: str, tokenizer: Any, max_length: int, probe_parameter: str) -> None:
+        self._probe_parameter = probe_parameter
         counter, histogram = pb_utils.MetricFamily.COUNTER, pb_utils.MetricFamily.HISTOGRAM
         labels = {"model": model}
         self._families = [  # a family lives as long as its Python object
@@ -215,7 +217,7 @@ class TokenizationMetrics:
         counts: dict[Any, float] = {}
         observations: list[tuple[Any, float]] = []
         failed = [response.has_error() for response in responses]
-        probes = [is_probe(request) for request in requests]
+        probes = [is_probe(request, self._probe_parameter) for request in requests]
         if encodings is not None and not any(failed) and not any(probes):
             # The common case, without a look at the requests: every text is counted.
             self._count_texts(encodings, counts, observations)
@@ -253,7 +255,8 @@ class TokenizationMetrics:
 # ---------------------------------------------------------------------------------------------- post_processing
 
 class PredictionMetrics:
-    def __init__(self, model: str, labels: list[str]) -> None:
+    def __init__(self, model: str, labels: list[str], probe_parameter: str) -> None:
+        self._probe_parameter = probe_parameter
         self._families = [  # a family lives as long as its Python object
             pb_utils.MetricFamily("tritoned_label_predictions_total",
                                   "Texts answered with this label (multi-label models: every label applied).",
@@ -277,7 +280,8 @@ class PredictionMetrics:
         row per text of all requests, in order (numpy arrays); `applied` (multi-label models): a [texts, num_labels]
         boolean array of the labels each answer applies, counted instead of the top label."""
         top_ids, top_scores = top.reshape(-1).tolist(), scores.reshape(-1).tolist()
-        excluded = [response.has_error() or is_probe(request) for request, response in zip(requests, responses)]
+        excluded = [response.has_error() or is_probe(request, self._probe_parameter)
+                    for request, response in zip(requests, responses)]
         if any(excluded):  # keep only the rows of the requests answered (and not the probe's)
             rows = [int(pb_utils.get_input_tensor_by_name(request, "logits").shape()[0]) for request in requests]
             kept = [row for index, (start, size) in enumerate(zip(itertools.accumulate([0, *rows]), rows))
