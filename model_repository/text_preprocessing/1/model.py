@@ -26,10 +26,10 @@ LOGGER = logging.getLogger("text_preprocessing")
 PAD_TOKEN_CANDIDATES = ("[PAD]", "<pad>", "<PAD>", "[pad]")
 
 
-def find_pad_id(tokenizer: Tokenizer, tokenizer_dir: Path) -> int:
-    """The pad id the model was trained with: tokenizer.json's padding, else tokenizer_config.json."""
-    if tokenizer.padding is not None:
-        return int(tokenizer.padding["pad_id"])
+def find_pad_id(padding: dict[str, Any] | None, tokenizer: Tokenizer, tokenizer_dir: Path) -> int:
+    """The pad id the model was trained with: tokenizer.json's `padding` (as saved), else tokenizer_config.json."""
+    if padding is not None:
+        return int(padding["pad_id"])
     config_file = tokenizer_dir / "tokenizer_config.json"
     candidates: list[str] = []
     if config_file.is_file():
@@ -82,7 +82,7 @@ class TritonPythonModel:
         tokenizer_dir = model_dir / "tokenizer"
         self.max_length = int(config["parameters"]["max_sequence_length"]["string_value"])
         self.encoder = TruncatingEncoder(str(tokenizer_dir / "tokenizer.json"), self.max_length)
-        self.pad_id = find_pad_id(Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")), tokenizer_dir)
+        self.pad_id = find_pad_id(self.encoder.saved_padding, self.encoder.tokenizer, tokenizer_dir)
         self.output_names = [output["name"] for output in config["output"]]
         self.with_token_type_ids = "token_type_ids" in self.output_names
         self.with_text_pair = "text_pair" in [item["name"] for item in config["input"]]

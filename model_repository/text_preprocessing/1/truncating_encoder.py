@@ -21,9 +21,10 @@ words at least one whole word before the prefix's last word are therefore the wh
 """
 from __future__ import annotations
 
+import contextlib
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Optional, Sequence, Union
+from typing import Any, Iterator, NamedTuple, Optional, Sequence, Union
 
 from tokenizers import Tokenizer
 
@@ -159,17 +160,28 @@ class TruncatingEncoder:
     """`encode(items)`: the encodings of texts and pairs, in order (see the module's docstring)."""
 
     def __init__(self, tokenizer_json: str, max_length: int) -> None:
-        self.tokenizer = Tokenizer.from_file(tokenizer_json)
+        self.tokenizer = Tokenizer.from_file(tokenizer_json)  # the one parse of tokenizer.json
+        # As saved: the pad token the model was trained with (text_preprocessing pads each request itself).
+        self.saved_padding = self.tokenizer.padding
         # tokenizer.json saved by transformers may carry a fixed padding length: never trust it.
         self.tokenizer.no_padding()
-        self.sides = Tokenizer.from_file(tokenizer_json)  # pair sides alone: no special tokens, no truncation
-        self.sides.no_padding()
-        self.sides.no_truncation()
-        self.template = PairTemplate.read(self.sides)
+        self.tokenizer.no_truncation()
+        self.template = PairTemplate.read(self.tokenizer)
+        self.max_length = max_length
         self.tokenizer.enable_truncation(max_length=max_length)  # strategy longest_first, as transformers
         self.pair_budget = max_length - self.tokenizer.num_special_tokens_to_add(True)
         self.prefix_chars = max_length * PREFIX_CHARS_PER_TOKEN
         self.encode_batch = self.tokenizer.encode_batch_fast  # no character offsets: faster
+
+    @contextlib.contextmanager
+    def _untruncated(self) -> Iterator[Any]:
+        """The tokenizer without truncation, for pair sides alone (encoded without special tokens); truncation to
+        max_length is back afterwards (two setters: no copy of the tokenizer is parsed for this)."""
+        self.tokenizer.no_truncation()
+        try:
+            yield self.tokenizer
+        finally:
+            self.tokenizer.enable_truncation(max_length=self.max_length)
 
     def encode(self, items: Sequence[Item]) -> list[Any]:
         """Encodings (with ids, type_ids, attention_mask) of `items`, in order."""
@@ -211,9 +223,10 @@ class TruncatingEncoder:
             if not pair_split_is_known(first, second, self.pair_budget):
                 whole += [i for i, side in ((index, first), (index + 1, second)) if not side.exact]
         if whole:
-            for i, encoding in zip(whole, self.sides.encode_batch_fast([texts[i] for i in whole],
-                                                                       add_special_tokens=False)):
-                alone[i] = encoding
+            with self._untruncated() as sides:
+                for i, encoding in zip(whole, sides.encode_batch_fast([texts[i] for i in whole],
+                                                                      add_special_tokens=False)):
+                    alone[i] = encoding
         encodings = []
         for index in range(0, len(texts), 2):
             first_ids, second_ids = alone[index].ids, alone[index + 1].ids
@@ -225,12 +238,13 @@ class TruncatingEncoder:
     def _sides_alone(self, texts: list[str]) -> list[Any]:
         """Each text alone, a long one as its prefix (with word ids: encode_batch, not _fast)."""
         long_rows = [row for row, text in enumerate(texts) if len(text) > self.prefix_chars]
-        encodings = dict(zip(
-            long_rows, self.sides.encode_batch([texts[row][:self.prefix_chars] for row in long_rows],
-                                               add_special_tokens=False) if long_rows else []))
-        short_rows = [row for row in range(len(texts)) if row not in encodings]
-        encodings.update(zip(short_rows, self.sides.encode_batch_fast([texts[row] for row in short_rows],
-                                                                      add_special_tokens=False)))
+        short_rows = [row for row in range(len(texts)) if len(texts[row]) <= self.prefix_chars]
+        with self._untruncated() as sides:
+            encodings = dict(zip(
+                long_rows, sides.encode_batch([texts[row][:self.prefix_chars] for row in long_rows],
+                                              add_special_tokens=False) if long_rows else []))
+            encodings.update(zip(short_rows, sides.encode_batch_fast([texts[row] for row in short_rows],
+                                                                     add_special_tokens=False)))
         return [encodings[row] for row in range(len(texts))]
 
     def _side(self, text: str, encoding: Any) -> Side:
