@@ -5,6 +5,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
+# shellcheck source=utils/cli.sh
+source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, IMAGE_LABEL, DEFAULT_MODEL_NAME
 RESERVED_NAMES=(text_preprocessing model_onnx post_processing)
 # Directories in build/ that are not a model's: the README's converter output and wheelhouse, and the tools' own.
 BUILD_DIRS=(artifacts wheels demo bench soak standin triton_backends)
@@ -23,7 +25,7 @@ Usage: ./make_triton_image.sh [options] MODEL TOKENIZER ID2LABEL [MODEL_NAME] [T
                   which records the parity check with PyTorch, must lie beside it)
   TOKENIZER       directory holding tokenizer.json (e.g. the converter's tokenizer/)
   ID2LABEL        JSON object {"0": "label", ..., "N-1": "label"}
-  MODEL_NAME      name of the ensemble clients call, and of the image   (default: ensemble_model)
+  MODEL_NAME      name of the ensemble clients call, and of the image   (default: $DEFAULT_MODEL_NAME)
                   lowercase letters, digits and . _ - (not first or last); not one of:
                   ${RESERVED_NAMES[*]}
                   ${BUILD_DIRS[*]} (other directories in build/)
@@ -53,9 +55,14 @@ Options:
   --standin                the stand-in base with the same Triton 2.51, for testing where NGC
                            can't be pulled: built (or reused) by docker/standin/build_standin.sh
                            (needs root for debootstrap on its first run)
-  --wheelhouse DIR         install the serving requirements offline from the wheels in DIR
-                           (made with: pip download -r requirements-serving.txt -d DIR
-                            --only-binary=:all: --python-version 3.10 --platform manylinux2014_x86_64)
+  --wheelhouse DIR         install the serving requirements offline from the wheels in DIR, made for
+                           the base's Python (3.12 for NGC >= 24.11, 3.10 for 24.10, 3.11 for --standin):
+                           pip download -r requirements-serving.txt -d DIR --only-binary=:all:
+                             --python-version 3.12 --platform manylinux_2_39_x86_64
+                             --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
+                             --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
+                           The wheels are checked before the build: a wrong Python stops it with the
+                           command for the right one (not checked for --base-image: its Python is unknown)
   --preprocessing-instances N  tokenizer instances                         (default: 1)
                            a text costs ~0.3 ms of tokenizer CPU: one instance keeps up
   --model-instances N      ONNX Runtime instances (processes), each runs one batch at a time
@@ -78,10 +85,11 @@ Options:
   -h, --help               this help
 
 Every input is checked before anything is built; a failure names the argument and the fix.
+$EXIT_STATUS_HELP
+3 the repository is assembled, but no Docker engine answers to build the image.
 USAGE
 }
 
-die() { echo "make_triton_image.sh: $*" >&2; exit 2; }
 
 # Globals set by parse_args.
 NO_BUILD=0
@@ -98,8 +106,6 @@ PIPELINE_FUNCTION=""  # set by export_head_settings: the pipeline's own function
 MULTI_LABEL=0         # set by export_head_settings: 1 for sigmoid over 2+ labels (the output labels)
 export PREPROCESSING_INSTANCES=1 MODEL_INSTANCES=2 ORT_INTRA_OP_THREADS=1 BATCH_DELAY_US=0  # see --help; bench/
 export MODEL_METRICS=true  # --no-model-metrics: false
-
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"; }
 
 parse_args() {
   while [[ $# -gt 0 ]]; do
@@ -167,7 +173,7 @@ find_python() {
   local python="${TRITONED_PYTHON:-$ROOT/.venv/bin/python}"
   [[ -x "$python" ]] || python="$(command -v python3 || true)"
   if [[ -z "$python" ]] || ! "$python" -c 'import onnx, tokenizers' 2>/dev/null; then
-    die "no Python with onnx and tokenizers found; run ./setup_venv.sh first (or set TRITONED_PYTHON)"
+    fail "no Python with onnx and tokenizers found; run ./setup_venv.sh first (or set TRITONED_PYTHON)"
   fi
   echo "$python"
 }
@@ -188,7 +194,7 @@ validate_artifacts() {
 # (tritoned_metrics.py) read it from their config and do not count the probe.
 export_probe_parameter() {
   PROBE_PARAMETER="$(PYTHONPATH="$ROOT" "$1" -c 'from gateway.probe import PROBE_PARAMETER; print(PROBE_PARAMETER)')" \
-    || die "could not read PROBE_PARAMETER from gateway/probe.py"
+    || fail "could not read PROBE_PARAMETER from gateway/probe.py"
   export PROBE_PARAMETER
 }
 
@@ -267,7 +273,7 @@ assemble() {
   cp "$model" "$repo/model_onnx/1/model.onnx"
   cp "$id2label" "$repo/post_processing/1/id2label.json"
   "$python" "$ROOT/utils/label_file.py" "$id2label" "$repo/post_processing/labels.txt" "$repo/$MODEL_NAME/labels.txt" \
-    || die "could not write the label files from $id2label"
+    || fail "could not write the label files from $id2label"
   tokdir="$tokenizer"
   [[ -d "$tokdir" ]] || tokdir="$(dirname "$tokenizer")"
   mkdir -p "$repo/text_preprocessing/1/tokenizer"
@@ -293,12 +299,13 @@ write_manifest() {
   [[ "$STANDIN" == 1 || "$BASE_IMAGE" != "$NGC_IMAGE:$TRITON_RELEASE-py3" ]] || args+=(--triton-release "$TRITON_RELEASE")
   "$python" "$ROOT/utils/write_manifest.py" "$repo" --ensemble "$MODEL_NAME" --id2label "$id2label" \
     --max-batch-size "$MAX_BATCH_SIZE" --function "$FUNCTION_TO_APPLY" --pipeline-function "$PIPELINE_FUNCTION" \
-    --max-sequence-length "$MAX_SEQUENCE_LENGTH" "${args[@]}" || die "could not write the manifest tritoned.json"
+    --max-sequence-length "$MAX_SEQUENCE_LENGTH" "${args[@]}" || fail "could not write the manifest tritoned.json"
 }
 
 docker_build() {
   local context="$1" image="$2"
-  local args=(--build-arg "BASE_IMAGE=$BASE_IMAGE" -t "$image")
+  # --force-rm: a failed build leaves no stopped container behind; the label lets ./cleanup.sh find the image.
+  local args=(--force-rm --build-arg "BASE_IMAGE=$BASE_IMAGE" --label "$IMAGE_LABEL=$BUILD_ROOT" -t "$image")
   [[ -z "$WHEELHOUSE" ]] || args+=(--build-arg "WHEELHOUSE=1")
   echo "Building image $image from $BASE_IMAGE" >&2
   docker build "${args[@]}" "$context"
@@ -336,6 +343,43 @@ warn_about_release() {
   } >&2
 }
 
+# The base's Python (X.Y) and newest manylinux platform, "X.Y PLATFORM"; nothing when unknown (--base-image, or an
+# NGC release older than 24.10). NGC: 24.10 is Ubuntu 22.04 with Python 3.10, 24.11 on Ubuntu 24.04 with 3.12.
+base_python() {
+  if [[ "$STANDIN" == 1 ]]; then
+    "$ROOT/docker/standin/build_standin.sh" --print-python
+  elif [[ "$BASE_IMAGE" == "$NGC_IMAGE:$TRITON_RELEASE-py3" && "$TRITON_RELEASE" =~ ^[0-9]{2}\.[0-9]{2} ]]; then
+    local number
+    number="$(release_number "$TRITON_RELEASE")"
+    if (( number >= 2411 )); then
+      echo "3.12 manylinux_2_39_x86_64"
+    elif (( number == 2410 )); then
+      echo "3.10 manylinux_2_35_x86_64"
+    fi
+  fi
+}
+
+# --wheelhouse DIR: its wheels must install on the base's Python (utils/check_wheelhouse.py), else stop before the
+# build with the pip download command that fills it right.
+check_wheelhouse() {
+  local python="$1" target version platform output
+  [[ -n "$WHEELHOUSE" ]] || return 0
+  target="$(base_python)"
+  if [[ -z "$target" ]]; then
+    echo "make_triton_image.sh: note: the Python of $BASE_IMAGE is unknown to this script, so the wheels in" \
+      "--wheelhouse are not checked against it" >&2
+    return 0
+  fi
+  read -r version platform <<< "$target"
+  output="$("$python" "$ROOT/utils/check_wheelhouse.py" "$WHEELHOUSE" --python-version "$version" \
+    --platform "$platform" --requirements "$ROOT/requirements-serving.txt" --base "$(base_description)" 2>&1)" \
+    || die "$output"
+}
+
+base_description() {
+  if [[ "$STANDIN" == 1 ]]; then echo "the stand-in base"; else echo "$BASE_IMAGE"; fi
+}
+
 docker_reachable() {
   command -v docker >/dev/null && docker info >/dev/null 2>&1
 }
@@ -343,7 +387,7 @@ docker_reachable() {
 main() {
   parse_args "$@"
   local model="${POSITIONAL[0]}" tokenizer="${POSITIONAL[1]}" id2label="${POSITIONAL[2]}"
-  export MODEL_NAME="${POSITIONAL[3]:-ensemble_model}"
+  export MODEL_NAME="${POSITIONAL[3]:-$DEFAULT_MODEL_NAME}"
   local tag="${POSITIONAL[4]:-latest}"
   export MAX_BATCH_SIZE="${POSITIONAL[5]:-4}"
 
@@ -361,6 +405,7 @@ main() {
   fi
   local python
   python="$(find_python)"
+  check_wheelhouse "$python"
   validate_artifacts "$python" "$model" "$tokenizer" "$id2label"
   export_probe_parameter "$python"
   [[ "$BASE_IMAGE" != "$NGC_IMAGE:$TRITON_RELEASE-py3" || "$STANDIN" == 1 ]] || warn_about_release
@@ -390,7 +435,7 @@ main() {
     exit 3
   fi
   if [[ "$STANDIN" == 1 ]]; then
-    BASE_IMAGE="$("$ROOT/docker/standin/build_standin.sh")" || die "building the stand-in base failed (see above)"
+    BASE_IMAGE="$("$ROOT/docker/standin/build_standin.sh")" || fail "building the stand-in base failed (see above)"
   fi
   docker_build "$target/context" "$MODEL_NAME:$tag"
   echo "Image $MODEL_NAME:$tag built. Run it:" >&2

@@ -2,6 +2,10 @@
 # Render every *.template file under a directory with envsubst, limited to the project's own variables.
 set -euo pipefail
 
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=utils/cli.sh
+source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP
+
 # The variables a template may use. Any other `$` text (${HOME}, $1, prices...) is left as it is.
 TEMPLATE_VARS=(
   MODEL_NAME MAX_BATCH_SIZE NUM_LABELS MAX_SEQUENCE_LENGTH
@@ -23,10 +27,10 @@ Only these environment variables are substituted, as \${VAR} or \$VAR:
 A template that uses one of them while it is unset is an error (nothing is rendered);
 set-but-empty is allowed. All other \$ text is copied unchanged.
 make_triton_image.sh calls this on its copy of model_repository/ under build/.
+$EXIT_STATUS_HELP
 USAGE
 }
 
-die() { echo "process_template.sh: $*" >&2; exit 1; }
 
 # Print the project variables that the file uses but that are not in the environment.
 unset_vars_in() {
@@ -39,10 +43,10 @@ unset_vars_in() {
 }
 
 main() {
-  case "${1:-}" in -h|--help) usage; exit 0 ;; "") usage >&2; exit 2 ;; esac
+  case "${1:-}" in -h|--help) usage; exit 0 ;; "") usage >&2; die "expected a directory (see --help)" ;; esac
   local dir="$1"
   [[ -d "$dir" ]] || die "not a directory: $dir"
-  command -v envsubst >/dev/null || die "envsubst not found (Debian/Ubuntu: apt-get install gettext-base)"
+  command -v envsubst >/dev/null || fail "envsubst not found (Debian/Ubuntu: apt-get install gettext-base)"
 
   local templates=() file missing
   while IFS= read -r -d '' file; do templates+=("$file"); done \

@@ -16,6 +16,8 @@ Usage: ./quickstart.sh [serve_local.sh options]
 4. ./make_triton_image.sh --no-build    assembles the ensemble as build/ensemble_model
 5. ./serve_local.sh ensemble_model      serves it on 127.0.0.1:8000 (HTTP), 8001 (gRPC), 8002 (metrics)
 Steps 2-3 are skipped when their output is up to date. Options go to serve_local.sh (--help there).
+Exit status: that of the first step that fails (1 a failed step, 2 a usage or input error), else
+serve_local.sh's.
 USAGE
 }
 

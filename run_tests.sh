@@ -10,6 +10,8 @@ Usage: ./run_tests.sh [PYTEST_ARGS...]
 
 Installs what the tests need into .venv (./setup_venv.sh, a no-op when up to date) and runs
 pytest (tests/ by default). Arguments go to pytest, e.g. ./run_tests.sh -k end_to_end -x
+Exit status: 1 when the installation fails (./setup_venv.sh), else pytest's (0 all passed, 1 some failed,
+2 a usage error, ...).
 USAGE
 }
 

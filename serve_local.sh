@@ -7,12 +7,14 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
+# shellcheck source=utils/cli.sh
+source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, DEFAULT_MODEL_NAME
 
 usage() {
   cat <<USAGE
 Usage: ./serve_local.sh [options] [MODEL_NAME | REPOSITORY_DIR] [-- TRITONSERVER_ARGS...]
 
-Serves build/MODEL_NAME/context/model_repository (default MODEL_NAME: ensemble_model, as assembled
+Serves build/MODEL_NAME/context/model_repository (default MODEL_NAME: $DEFAULT_MODEL_NAME, as assembled
 by ./make_triton_image.sh --no-build) or any REPOSITORY_DIR. Prints a curl line once the server is
 ready; Ctrl-C stops it (requests in flight are answered first) and every backend process.
 
@@ -29,10 +31,10 @@ $(lockdown_description)
 Extra arguments after -- go to tritonserver as they are (not those the gateway owns: ports, model control).
 Environment: TRITONED_PYTHON (default .venv/bin/python; run ./setup_venv.sh first), TRITONED_* gateway
 settings (python -m gateway --help).
+$EXIT_STATUS_HELP
+Once started, the status is the gateway's (0 after Ctrl-C or SIGTERM drained the requests in flight).
 USAGE
 }
-
-die() { echo "serve_local.sh: $*" >&2; exit 2; }
 
 lockdown_description() {
   PYTHONPATH="$ROOT" "${TRITONED_PYTHON:-$ROOT/.venv/bin/python}" -m gateway.lockdown --describe 2>/dev/null \
@@ -43,10 +45,8 @@ HOST=127.0.0.1
 HTTP_PORT=8000
 GRPC_PORT=8001
 METRICS_PORT=8002
-TARGET=ensemble_model
+TARGET="$DEFAULT_MODEL_NAME"
 EXTRA_ARGS=()
-
-need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"; }
 
 parse_args() {
   local target_set=0
@@ -96,9 +96,9 @@ check_repository() {
 
 find_python() {
   local python="${TRITONED_PYTHON:-$ROOT/.venv/bin/python}"
-  [[ -x "$python" ]] || die "no Python at $python: run ./setup_venv.sh first (or set TRITONED_PYTHON)"
+  [[ -x "$python" ]] || fail "no Python at $python: run ./setup_venv.sh first (or set TRITONED_PYTHON)"
   "$python" -c 'import pytriton, onnxruntime, tokenizers, aiohttp, grpc, tritonclient.grpc' 2>/dev/null \
-    || die "$python lacks nvidia-pytriton/onnxruntime/tokenizers/aiohttp/grpcio/tritonclient: run ./setup_venv.sh"
+    || fail "$python lacks nvidia-pytriton/onnxruntime/tokenizers/aiohttp/grpcio/tritonclient: run ./setup_venv.sh"
   echo "$python"
 }
 
@@ -112,7 +112,7 @@ print(pathlib.Path(pytriton.__file__).parent.parent, sysconfig.get_config_var("L
 prepare_backends() {
   local site="$1" version="$2" dir="$BUILD_ROOT/triton_backends"
   local stub="$site/pytriton/tritonserver/python_backend_stubs/$version/triton_python_backend_stub"
-  [[ -x "$stub" ]] || die "nvidia-pytriton has no Python backend stub for Python $version"
+  [[ -x "$stub" ]] || fail "nvidia-pytriton has no Python backend stub for Python $version"
   rm -rf "$dir"
   mkdir -p "$dir/python" "$dir/onnxruntime"
   cp "$site/pytriton/tritonserver/backends/python/libtriton_python.so" \

@@ -4,6 +4,8 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 VENV="${TRITONED_VENV:-$ROOT/.venv}"
+# shellcheck source=utils/cli.sh
+source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP
 
 usage() {
   cat <<USAGE
@@ -19,10 +21,10 @@ Re-running is cheap: nothing is reinstalled while the requirements files are unc
   requirements-dev.txt      + tests and linters
   requirements-checkov.txt  the Kubernetes scanner alone, in its own environment:
                             TRITONED_VENV=.venv-tools/checkov ./setup_venv.sh requirements-checkov.txt
+$EXIT_STATUS_HELP
 USAGE
 }
 
-die() { echo "setup_venv.sh: $*" >&2; exit 1; }
 
 requirements_hash() {
   cat "$ROOT"/requirements*.txt | sha256sum | cut -d' ' -f1
@@ -33,7 +35,7 @@ main() {
   local reqs="${1:-$ROOT/requirements-dev.txt}"
   [[ -f "$reqs" ]] || die "no such requirements file: $reqs"
   local python="${PYTHON:-python3}"
-  command -v "$python" >/dev/null || die "$python not found: install Python 3.10-3.12 or set PYTHON"
+  command -v "$python" >/dev/null || fail "$python not found: install Python 3.10-3.12 or set PYTHON"
 
   local stamp want
   stamp="$VENV/.tritoned-$(basename "$reqs").sha256"
@@ -43,11 +45,11 @@ main() {
   fi
   if [[ ! -x "$VENV/bin/python" ]]; then
     echo "Creating virtual environment in $VENV" >&2
-    "$python" -m venv "$VENV" || die "could not create $VENV (Debian: apt-get install python3-venv)"
+    "$python" -m venv "$VENV" || fail "could not create $VENV (Debian: apt-get install python3-venv)"
   fi
   echo "Installing $(basename "$reqs") into $VENV (first time: a few minutes)" >&2
   "$VENV/bin/python" -m pip install --quiet --upgrade pip
-  "$VENV/bin/python" -m pip install --quiet -r "$reqs" || die "pip install -r $reqs failed (see above)"
+  "$VENV/bin/python" -m pip install --quiet -r "$reqs" || fail "pip install -r $reqs failed (see above)"
   echo "$want" > "$stamp"
 }
 

@@ -11,6 +11,7 @@ Usage: ./bench/run.sh [bench.py options]
 Installs what the benchmark needs into .venv (./setup_venv.sh requirements-dev.txt, a no-op when up to
 date), then runs bench/bench.py. Its options (bench.py --help): --quick, --quantized, --fused,
 --config NAME=OPTIONS, --sets, --concurrency, --protocols, --rounds, --seconds, --no-hf, ...
+Exit status: 1 when the installation fails (./setup_venv.sh), else bench.py's (2 a usage error).
 USAGE
 }
 

@@ -3,6 +3,10 @@
 # dockerd in the background (as root). `stop` stops only a dockerd that this script started.
 set -euo pipefail
 
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck source=utils/cli.sh
+source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP
+
 STATE_DIR="${TRITONED_ENGINE_STATE:-/tmp/tritoned-docker-engine}"
 PID_FILE="$STATE_DIR/dockerd.pid"
 LOG_FILE="$STATE_DIR/dockerd.log"
@@ -21,10 +25,11 @@ Usage: docker/engine.sh [start|stop|status]
 
 Needs root to install or start the engine. State (pid, log): $STATE_DIR
 (TRITONED_ENGINE_STATE overrides it).
+$EXIT_STATUS_HELP
+('status' exits 1 when no engine answers.)
 USAGE
 }
 
-die() { echo "engine.sh: $*" >&2; exit 1; }
 
 engine_answers() { command -v docker >/dev/null && docker info >/dev/null 2>&1; }
 
@@ -37,14 +42,14 @@ our_pid() {
 }
 
 install_engine() {
-  command -v apt-get >/dev/null || die "dockerd is missing and there is no apt-get to install docker.io"
+  command -v apt-get >/dev/null || fail "dockerd is missing and there is no apt-get to install docker.io"
   echo "engine.sh: installing docker.io with apt-get" >&2
   export DEBIAN_FRONTEND=noninteractive
   local apt_log="$STATE_DIR/apt.log"
   mkdir -p "$STATE_DIR"
   if ! { apt-get update && apt-get install -y docker.io; } >"$apt_log" 2>&1; then
     tail -n 20 "$apt_log" >&2
-    die "apt-get install docker.io failed (log: $apt_log)"
+    fail "apt-get install docker.io failed (log: $apt_log)"
   fi
 }
 
@@ -53,9 +58,9 @@ start_engine() {
     echo running
     return 0
   fi
-  [[ "$(id -u)" == 0 ]] || die "no Docker engine answers and starting one needs root"
+  [[ "$(id -u)" == 0 ]] || fail "no Docker engine answers and starting one needs root"
   command -v dockerd >/dev/null || install_engine
-  command -v docker >/dev/null || die "no docker client on PATH"
+  command -v docker >/dev/null || fail "no docker client on PATH"
   mkdir -p "$STATE_DIR"
   local pid
   if ! pid="$(our_pid)"; then
@@ -76,7 +81,7 @@ start_engine() {
   echo "engine.sh: dockerd did not come up; last lines of $LOG_FILE:" >&2
   tail -n 20 "$LOG_FILE" >&2 || true
   stop_engine >/dev/null
-  die "no Docker engine"
+  fail "no Docker engine"
 }
 
 stop_engine() {

@@ -34,10 +34,10 @@ is the end-to-end liveness command (the image's HEALTHCHECK). SIGTERM: readiness
 flight answered, exit 0.
 
 A first argument that does not start with - is run as a command instead (e.g. bash), without Triton.
+Exit status: the gateway's: 0 after SIGTERM drained the requests in flight, 2 refused arguments or
+TRITONED_* settings (nothing started), else tritonserver's.
 USAGE
 }
-
-die() { echo "serve_image.sh: $*" >&2; exit 2; }
 
 lockdown_description() {
   PYTHONPATH="$GATEWAY_HOME" python3 -m gateway.lockdown --describe 2>/dev/null || echo "(the lock-down: gateway/lockdown.py)"

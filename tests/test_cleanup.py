@@ -47,3 +47,52 @@ def test_cleanup_restores_a_clean_checkout_and_is_idempotent(tiny_artifacts, tmp
         assert result.returncode == 0, result.stderr
         assert git(repo, "status", "--porcelain", "--ignored") == ""
     assert not (repo / "build").exists()
+
+
+def test_cleanup_names_the_images_it_built_and_removes_them_with_images(tiny_artifacts, tmp_path: Path) -> None:
+    """The image make_triton_image.sh built (from a copy of the checkout, on the stand-in base, offline from a
+    wheelhouse) outlives ./cleanup.sh, which names it; ./cleanup.sh --images removes it. Other images stay."""
+    import uuid
+
+    import pytest
+
+    from docker_helpers import (Engine, EngineUnavailable, build_standin, docker, download_wheelhouse,
+                                image_python_version)
+
+    try:
+        engine = Engine.ensure()
+    except EngineUnavailable as error:
+        pytest.skip(f"no Docker engine can run here: {error}")
+    try:
+        standin = build_standin()
+        wheels = download_wheelhouse(ROOT / "requirements-serving.txt", tmp_path / "wheels",
+                                     image_python_version(standin))
+        artifacts: Artifacts = tiny_artifacts("bert")
+        repo = checkout_copy(tmp_path)
+        env = {**os.environ, "TRITONED_PYTHON": sys.executable}
+        env.pop("TRITONED_BUILD_DIR", None)
+        image = f"cleanuptest:{uuid.uuid4().hex[:10]}"
+        built = subprocess.run(
+            [str(repo / "make_triton_image.sh"), "--standin", "--wheelhouse", str(wheels), str(artifacts.model),
+             str(artifacts.tokenizer), str(artifacts.id2label), *image.split(":")], cwd=repo, env=env,
+            capture_output=True, text=True, timeout=1200)
+        assert built.returncode == 0, built.stderr[-4000:]
+        try:
+            kept = subprocess.run([str(repo / "cleanup.sh")], cwd=repo, capture_output=True, text=True, timeout=120)
+            assert kept.returncode == 0, kept.stderr
+            assert f"kept the images ./make_triton_image.sh built: {image} (" in kept.stderr, kept.stderr
+            assert "./cleanup.sh --images" in kept.stderr and not (repo / "build").exists()
+            assert docker("image", "inspect", image, check=False).returncode == 0
+            removed = subprocess.run([str(repo / "cleanup.sh"), "--images"], cwd=repo, capture_output=True,
+                                     text=True, timeout=120)
+            assert removed.returncode == 0, removed.stderr
+            assert f"removed image {image}" in removed.stderr, removed.stderr
+            assert docker("image", "inspect", image, check=False).returncode != 0, "the image is still there"
+            assert docker("image", "inspect", standin, check=False).returncode == 0, "the stand-in base was removed"
+            again = subprocess.run([str(repo / "cleanup.sh"), "--images"], cwd=repo, capture_output=True,
+                                   text=True, timeout=120)
+            assert again.returncode == 0 and "image" not in again.stderr, again.stderr
+        finally:
+            docker("rmi", "-f", image, check=False)
+    finally:
+        engine.stop()

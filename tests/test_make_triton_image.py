@@ -356,3 +356,56 @@ def test_the_manifest_of_a_multi_label_model(tiny_artifacts, tmp_path: Path) -> 
     facts = manifest(tmp_path / "b")
     assert (facts["function_to_apply"], facts["pipeline_function"], facts["label_threshold"]) == \
         ("sigmoid", "sigmoid", 0.25)
+
+
+# --- --wheelhouse: checked against the base's Python before anything is built --------------------------------
+
+def fake_wheelhouse(directory: Path, python: str, leave_out: str = "") -> Path:
+    """A wheel file name (empty file: only names are checked) for each pinned requirement, built for `python`."""
+    directory.mkdir()
+    tag = "cp" + python.replace(".", "")
+    for line in (ROOT / "requirements-serving.txt").read_text().splitlines():
+        match = re.match(r"([A-Za-z0-9_.-]+)(\[.*\])?==(\S+)", line)
+        if match and match[1] != leave_out:
+            name = match[1].replace("-", "_")
+            (directory / f"{name}-{match[3]}-{tag}-{tag}-manylinux_2_17_x86_64.manylinux2014_x86_64.whl").touch()
+    return directory
+
+
+@pytest.mark.parametrize("base, wheels_for, needed", [
+    (["--standin"], "3.10", "3.11"),              # the README's old command: the stand-in runs 3.11
+    ([], "3.10", "3.12"),                         # the default NGC release
+    (["--triton-release", "24.10"], "3.12", "3.10"),
+])
+def test_a_wheelhouse_for_another_python_stops_before_the_build(good: Artifacts, tmp_path: Path, base: list[str],
+                                                                wheels_for: str, needed: str) -> None:
+    wheels = fake_wheelhouse(tmp_path / "wheels", wheels_for)
+    result = make_image(good, tmp_path / "b", "--wheelhouse", str(wheels), *base, env=NO_DOCKER)
+    assert_refused(result, f"whose Python is {needed}", "aiohttp-3.14.5-cp", f"Fill it for Python {needed}",
+                   f"pip download -r {ROOT / 'requirements-serving.txt'} -d {wheels} --only-binary=:all: "
+                   f"--python-version {needed} --platform manylinux_2_", build_dir=tmp_path / "b")
+
+
+@pytest.mark.parametrize("base, wheels_for", [(["--standin"], "3.11"), ([], "3.12"),
+                                              (["--triton-release", "24.10"], "3.10")])
+def test_a_wheelhouse_for_the_bases_python_passes(good: Artifacts, tmp_path: Path, base: list[str],
+                                                  wheels_for: str) -> None:
+    result = make_image(good, tmp_path / "b", "--no-build", "--wheelhouse",
+                        str(fake_wheelhouse(tmp_path / "wheels", wheels_for)), *base)
+    assert result.returncode == 0, result.stderr
+    assert "not checked" not in result.stderr
+
+
+def test_a_wheelhouse_without_a_pinned_requirement_or_with_junk(good: Artifacts, tmp_path: Path) -> None:
+    wheels = fake_wheelhouse(tmp_path / "wheels", "3.11", leave_out="aiohttp")
+    (wheels / "junk.whl").touch()
+    assert_refused(make_image(good, tmp_path / "b", "--standin", "--wheelhouse", str(wheels)),
+                   "no wheel there fits aiohttp==3.14.5", "junk.whl (not a wheel's file name)",
+                   "--python-version 3.11", build_dir=tmp_path / "b")
+
+
+def test_the_wheels_of_an_unknown_base_are_not_checked(good: Artifacts, tmp_path: Path) -> None:
+    result = make_image(good, tmp_path / "b", "--no-build", "--base-image", "example.org/triton:custom",
+                        "--wheelhouse", str(fake_wheelhouse(tmp_path / "wheels", "3.9")))
+    assert result.returncode == 0, result.stderr
+    assert "the Python of example.org/triton:custom is unknown to this script" in result.stderr

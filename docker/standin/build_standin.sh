@@ -6,6 +6,8 @@ set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
+# shellcheck source=utils/cli.sh
+source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP
 CACHE_DIR="${TRITONED_STANDIN_CACHE:-$ROOT/build/standin}"
 SUITE="bookworm"
 MIRROR="${TRITONED_DEBIAN_MIRROR:-http://deb.debian.org/debian}"
@@ -19,7 +21,7 @@ ROOTFS_NAME="standin-rootfs"
 
 usage() {
   cat <<USAGE
-Usage: docker/standin/build_standin.sh [--print-tag] [--force]
+Usage: docker/standin/build_standin.sh [--print-tag] [--print-python] [--force]
 
 Builds the stand-in for nvcr.io/nvidia/tritonserver:24.10-py3 and prints its name (standin:<hash>)
 on stdout; progress goes to stderr. Use it as the base of the project's image:
@@ -33,19 +35,21 @@ Steps (each skipped when its image already exists):
 
 Options:
   --print-tag   print the image name the current inputs give, build nothing
+  --print-python  print the image's Python (X.Y) and newest manylinux platform, build nothing
   --force       rebuild both images even when they exist
   -h, --help    this help
 
 Needs a running Docker engine (docker/engine.sh) and root for debootstrap (installed with apt-get
 where missing). Work files: $CACHE_DIR (TRITONED_STANDIN_CACHE overrides it);
 TRITONED_DEBIAN_MIRROR overrides the Debian mirror.
+$EXIT_STATUS_HELP
 USAGE
 }
 
-die() { echo "build_standin.sh: $*" >&2; exit 1; }
 log() { echo "build_standin.sh: $*" >&2; }
 
 PRINT_TAG=0
+PRINT_PYTHON=0
 FORCE=0
 
 parse_args() {
@@ -53,6 +57,7 @@ parse_args() {
     case "$1" in
       -h|--help) usage; exit 0 ;;
       --print-tag) PRINT_TAG=1 ;;
+      --print-python) PRINT_PYTHON=1 ;;
       --force) FORCE=1 ;;
       *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -78,11 +83,11 @@ image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
 
 need_debootstrap() {
   command -v debootstrap >/dev/null && return 0
-  command -v apt-get >/dev/null || die "debootstrap is missing and there is no apt-get to install it"
+  command -v apt-get >/dev/null || fail "debootstrap is missing and there is no apt-get to install it"
   log "installing debootstrap with apt-get"
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null 2>&1 \
     || { apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; } \
-    || die "apt-get install debootstrap failed"
+    || fail "apt-get install debootstrap failed"
 }
 
 # debootstrap a minimal Debian and import it as an image (no Dockerfile can start from nothing here).
@@ -111,7 +116,7 @@ build_rootfs() {
 download_wheels() {
   local dest="$1" python platform_args=() platform pip_log="$CACHE_DIR/pip-download.log"
   python="$(command -v python3 || true)"
-  [[ -n "$python" ]] || die "python3 with pip is needed on the host to download the wheels"
+  [[ -n "$python" ]] || fail "python3 with pip is needed on the host to download the wheels"
   for platform in "${PLATFORMS[@]}"; do platform_args+=(--platform "$platform"); done
   log "pip download (Python $PYTHON_VERSION) -> $dest (log: $pip_log)"
   local common=(-d "$dest" --only-binary=:all: --implementation cp --python-version "$PYTHON_VERSION"
@@ -121,7 +126,7 @@ download_wheels() {
            "$(grep -E '^nvidia-pytriton==' "$HERE/requirements-standin.txt")" \
          && "$python" -m pip download "${common[@]}" -r "$dest.rest.txt"; } >"$pip_log" 2>&1; then
     tail -n 20 "$pip_log" >&2
-    die "pip download failed"
+    fail "pip download failed"
   fi
   rm -f "$dest.rest.txt"
 }
@@ -137,14 +142,18 @@ build_image() {
   log "docker build -> $image (log: $CACHE_DIR/build.log)"
   if ! docker build --force-rm --build-arg "ROOTFS_IMAGE=$rootfs" -t "$image" "$context" >"$CACHE_DIR/build.log" 2>&1; then
     tail -n 30 "$CACHE_DIR/build.log" >&2
-    die "docker build of the stand-in failed"
+    fail "docker build of the stand-in failed"
   fi
   rm -rf -- "$context"
 }
 
 main() {
   parse_args "$@"
-  [[ -f "$ROOT/backends/onnxruntime/model.py" ]] || die "missing $ROOT/backends/onnxruntime/model.py"
+  if [[ "$PRINT_PYTHON" == 1 ]]; then
+    echo "$PYTHON_VERSION ${PLATFORMS[0]}"
+    return 0
+  fi
+  [[ -f "$ROOT/backends/onnxruntime/model.py" ]] || fail "missing $ROOT/backends/onnxruntime/model.py"
   local rootfs image
   rootfs="$ROOTFS_NAME:$(rootfs_hash)"
   image="$IMAGE_NAME:$(image_hash)"
@@ -152,7 +161,7 @@ main() {
     echo "$image"
     return 0
   fi
-  docker info >/dev/null 2>&1 || die "no Docker engine answers 'docker info' (start one: docker/engine.sh)"
+  docker info >/dev/null 2>&1 || fail "no Docker engine answers 'docker info' (start one: docker/engine.sh)"
   if [[ "$FORCE" == 0 ]] && image_exists "$image"; then
     log "cached: $image"
     echo "$image"
