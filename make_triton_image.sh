@@ -51,6 +51,7 @@ Options:
   --no-build               assemble only; serve it with ./serve_local.sh MODEL_NAME
   --triton-release R       NGC base nvcr.io/nvidia/tritonserver:R-py3        (default: $DEFAULT_RELEASE)
                            an older release gets a warning naming its known defects
+                           (docker/release_defects.txt)
   --base-image IMAGE       any other base laid out like the NGC image
   --standin                the stand-in base with the same Triton 2.51, for testing where NGC
                            can't be pulled: built (or reused) by docker/standin/build_standin.sh
