@@ -29,6 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import assert_log_shows_no_crash, make_image
 from local_triton import LocalTriton, process_rss
+from manifest_fallback import ensure_manifest
 from traffic import stubs_of_group
 
 MODEL = "ensemble_model"
@@ -61,6 +62,7 @@ def served(tiny_artifacts, serve, tmp_path_factory) -> Served:
     artifacts = tiny_artifacts("bert")
     build_dir = tmp_path_factory.mktemp("build-hostile")
     assert make_image(artifacts, build_dir, "--no-build").returncode == 0
+    ensure_manifest(build_dir / MODEL / "context" / "model_repository", artifacts.id2label, "softmax")
     server = serve(build_dir / MODEL / "context" / "model_repository", build_dir / "server.log", build_dir)
     label = grpcclient.InferenceServerClient(server.grpc_url).infer(MODEL, [grpc_text([TEXT])]).as_numpy("label")
     return Served(server, list(artifacts.labels().values()), stub_pids(server), label.reshape(-1)[0].decode())
@@ -209,6 +211,26 @@ def test_deep_json_and_large_form_bodies_on_other_endpoints(served: Served, path
     form.write_bytes(json_request(["a " * (LIMIT // 2)]))  # over every limit, even the inference one
     status, body = curl_post(served.server.http_url, path, form, "application/x-www-form-urlencoded")
     assert status == 413 and "larger than" in error_of(body), (path, status, body[:300])
+    assert_still_serving(served)
+
+
+# The HF inference JSON and TEI routes: translations to the same v2 path, with the same limits.
+API_ROUTES = ["/", f"/models/{MODEL}", "/predict", "/rerank"]
+
+
+@pytest.mark.parametrize("path", API_ROUTES)
+def test_deep_json_large_and_compressed_bodies_on_the_api_routes(served: Served, path: str, tmp_path: Path) -> None:
+    status, body = post(served.server.http_url, path, b"[" * 50_000 + b"]" * 50_000)
+    assert status in (400, 422) and "nested deeper" in error_of(body), (path, body[:300])
+    form = tmp_path / "form.json"
+    form.write_bytes(json.dumps({"inputs": "a " * (LIMIT // 2)}).encode())  # over the ensemble's body limit
+    status, body = curl_post(served.server.http_url, path, form, "application/x-www-form-urlencoded")
+    assert status == 413 and "larger than" in error_of(body), (path, status, body[:300])
+    bomb = gzip.compress(json.dumps({"inputs": "a" * (LIMIT + MB)}).encode())
+    status, body = post(served.server.http_url, path, bomb, headers={"Content-Encoding": "gzip"})
+    assert status == 413 and "decompressed" in error_of(body), (path, body[:300])
+    status, body = post(served.server.http_url, path, b'{"inputs": "x", "inputs": "y"}')
+    assert status in (400, 422) and "duplicate key" in error_of(body), (path, body[:300])
     assert_still_serving(served)
 
 
