@@ -92,6 +92,8 @@ FUNCTION=""
 THRESHOLD=""
 DEFAULT_THRESHOLD="0.5"
 POSITIONAL=()
+PIPELINE_FUNCTION=""  # set by export_head_settings: the pipeline's own function for this model
+MULTI_LABEL=0         # set by export_head_settings: 1 for sigmoid over 2+ labels (the output labels)
 export PREPROCESSING_INSTANCES=1 MODEL_INSTANCES=2 ORT_INTRA_OP_THREADS=1 BATCH_DELAY_US=0  # see --help; bench/
 export MODEL_METRICS=true  # --no-model-metrics: false
 
@@ -188,16 +190,17 @@ export_head_settings() {
       "Hugging Face pipeline applies to this model (problem_type $PROBLEM_TYPE, $NUM_LABELS label(s));" \
       "answers will differ from the pipeline's defaults" >&2
   fi
+  PIPELINE_FUNCTION="$FUNCTION_TO_APPLY"
   export FUNCTION_TO_APPLY="${FUNCTION:-$FUNCTION_TO_APPLY}"
   export LABEL_THRESHOLD="${THRESHOLD:-$DEFAULT_THRESHOLD}"
-  local multi_label=0 output="  ,{ name: \"labels\", data_type: TYPE_STRING, dims: [ $NUM_LABELS ] }"
+  local output="  ,{ name: \"labels\", data_type: TYPE_STRING, dims: [ $NUM_LABELS ] }"
   if [[ "$FUNCTION_TO_APPLY" == sigmoid && "$NUM_LABELS" -gt 1 ]]; then
-    multi_label=1
+    MULTI_LABEL=1
   else
     [[ -z "$THRESHOLD" ]] || die "--threshold applies to multi-label models only (sigmoid over 2+ labels); this" \
       "model gets $FUNCTION_TO_APPLY over $NUM_LABELS label(s): drop --threshold (or pass --function sigmoid)"
   fi
-  export_snippets "$multi_label" "ENSEMBLE_LABELS_OUTPUT=$output" "POSTPROCESSING_LABELS_OUTPUT=$output" \
+  export_snippets "$MULTI_LABEL" "ENSEMBLE_LABELS_OUTPUT=$output" "POSTPROCESSING_LABELS_OUTPUT=$output" \
     'ENSEMBLE_LABELS_OUTPUT_MAP=      output_map { key: "labels" value: "labels" }'
 }
 
@@ -249,6 +252,7 @@ assemble() {
   # One module serves both Python models; Triton imports it from beside each model.py.
   cp "$repo/tritoned_metrics.py" "$repo/post_processing/1/"
   mv "$repo/tritoned_metrics.py" "$repo/text_preprocessing/1/"
+  mv "$repo/tritoned_heads.py" "$repo/post_processing/1/"  # id2label rules and the pipeline's functions
   mkdir -p "$repo/$MODEL_NAME/1" "$repo/model_onnx/1"  # git keeps no empty version directories
   cp "$model" "$repo/model_onnx/1/model.onnx"
   cp "$id2label" "$repo/post_processing/1/id2label.json"
@@ -262,12 +266,24 @@ assemble() {
   done
   find "$repo" -name '__pycache__' -prune -exec rm -rf {} +
   "$ROOT/process_template.sh" "$repo"
+  write_manifest "$python" "$repo" "$id2label"
   cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$ROOT/docker/serve_image.sh" "$ROOT/docker/healthcheck" \
      "$staging/context/"
   mkdir -p "$staging/context/gateway"
   cp "$ROOT"/gateway/*.py "$staging/context/gateway/"
   mkdir -p "$staging/context/wheels"  # the Dockerfile copies it; empty unless --wheelhouse
   [[ -z "$WHEELHOUSE" ]] || cp "$WHEELHOUSE"/*.whl "$staging/context/wheels/"
+}
+
+# The repository's manifest tritoned.json (utils/write_manifest.py): the facts the run-time side reads.
+write_manifest() {
+  local python="$1" repo="$2" id2label="$3" args=()
+  [[ "$TEXT_PAIR" == 0 ]] || args+=(--text-pair)
+  [[ "$MULTI_LABEL" == 0 ]] || args+=(--label-threshold "$LABEL_THRESHOLD")
+  [[ "$STANDIN" == 1 || "$BASE_IMAGE" != "$NGC_IMAGE:$TRITON_RELEASE-py3" ]] || args+=(--triton-release "$TRITON_RELEASE")
+  "$python" "$ROOT/utils/write_manifest.py" "$repo" --ensemble "$MODEL_NAME" --id2label "$id2label" \
+    --max-batch-size "$MAX_BATCH_SIZE" --function "$FUNCTION_TO_APPLY" --pipeline-function "$PIPELINE_FUNCTION" \
+    --max-sequence-length "$MAX_SEQUENCE_LENGTH" "${args[@]}" || die "could not write the manifest tritoned.json"
 }
 
 docker_build() {

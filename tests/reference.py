@@ -25,16 +25,19 @@ def labels_of(probabilities: np.ndarray, id2label: dict[str, str]) -> list[str]:
     return [id2label[str(i)] for i in probabilities.argmax(axis=1)]
 
 
-def pipeline_answers(hf_dir: Path, items: list, max_length: int) -> list[list[dict]]:
+def pipeline_answers(hf_dir: Path, items: list, max_length: int, function_to_apply: str | None = None,
+                     ) -> list[list[dict]]:
     """transformers.pipeline("text-classification", top_k=None) on each text or {"text", "text_pair"} pair, one
-    at a time, truncated as served: every label with its score, highest first."""
+    at a time, truncated as served: every label with its score, highest first (with `function_to_apply`, that
+    function instead of the pipeline's default)."""
     from transformers import pipeline
 
     pipe = pipeline("text-classification", model=str(hf_dir), tokenizer=str(hf_dir), top_k=None, device="cpu")
     answers = []
     for item in items:
         answer = pipe(item if isinstance(item, str) else {"text": item[0], "text_pair": item[1]},
-                      truncation=True, max_length=max_length)
+                      truncation=True, max_length=max_length,
+                      **({"function_to_apply": function_to_apply} if function_to_apply else {}))
         answers.append(answer[0] if answer and isinstance(answer[0], list) else answer)  # a str comes back nested
     return answers
 

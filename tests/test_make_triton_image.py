@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -313,3 +314,45 @@ def test_report_of_an_older_converter(broken: Artifacts, tmp_path: Path) -> None
     edit_report(broken, lambda report: report.update(problem_type="regression"))
     assert_refused(make_image(broken, tmp_path / "c"), "does not record function_to_apply", "convert the model again",
                    build_dir=tmp_path / "c")
+
+
+# --- the manifest tritoned.json ------------------------------------------------------------------------------
+
+def manifest(build_dir: Path, name: str = "ensemble_model") -> dict:
+    return json.loads((build_dir / name / "context" / "model_repository" / "tritoned.json").read_text())
+
+
+def test_the_manifest_states_the_single_label_models_facts(good: Artifacts, tmp_path: Path) -> None:
+    result = make_image(good, tmp_path / "b", "--no-build", "intents", "v1", "8")
+    assert result.returncode == 0, result.stderr
+    repository = tmp_path / "b" / "intents" / "context" / "model_repository"
+    assert manifest(tmp_path / "b", "intents") == {
+        "format": 1, "ensemble": "intents", "inputs": ["text_input"], "outputs": ["label", "score", "probabilities"],
+        "string_outputs": ["label"], "max_batch_size": 8, "labels": [good.labels()[str(i)] for i in range(4)],
+        "function_to_apply": "softmax", "pipeline_function": "softmax", "label_threshold": None,
+        "max_sequence_length": int(re.search(r'max_sequence_length".*?string_value: "(\d+)"',
+                                             (repository / "text_preprocessing" / "config.pbtxt").read_text())[1]),
+        "triton_release": "26.07"}
+    assert [path.name for path in repository.iterdir() if path.is_file()] == ["tritoned.json"]
+
+
+def test_the_manifest_follows_function_threshold_pairs_and_the_base(good: Artifacts, tmp_path: Path) -> None:
+    result = make_image(good, tmp_path / "b", "--no-build", "--function", "sigmoid", "--text-pair",
+                        "--triton-release", "24.10")
+    assert result.returncode == 0, result.stderr
+    facts = manifest(tmp_path / "b")
+    assert facts["inputs"] == ["text_input", "text_pair"]
+    assert facts["outputs"] == ["label", "score", "probabilities", "labels"]
+    assert facts["string_outputs"] == ["label", "labels"]
+    assert (facts["function_to_apply"], facts["pipeline_function"]) == ("sigmoid", "softmax")
+    assert facts["label_threshold"] == 0.5 and facts["triton_release"] == "24.10"
+    for base in (["--base-image", "example.org/triton:custom"], ["--standin"]):
+        assert make_image(good, tmp_path / "c", "--no-build", *base).returncode == 0
+        assert manifest(tmp_path / "c")["triton_release"] is None, base
+
+
+def test_the_manifest_of_a_multi_label_model(tiny_artifacts, tmp_path: Path) -> None:
+    assert make_image(tiny_artifacts("multi_label"), tmp_path / "b", "--no-build", "--threshold", ".25").returncode == 0
+    facts = manifest(tmp_path / "b")
+    assert (facts["function_to_apply"], facts["pipeline_function"], facts["label_threshold"]) == \
+        ("sigmoid", "sigmoid", 0.25)

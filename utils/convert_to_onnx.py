@@ -34,14 +34,13 @@ from typing import Any, Iterator, Sequence
 if __package__ in (None, ""):  # run as `python utils/convert_to_onnx.py`: make `utils` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from model_repository.tritoned_heads import LabelError, check_id2label, id2label_json, load_json, pipeline_function
 from utils.onnx_export import (OUTPUT_NAME, ExportError, architecture_of, check_exported, check_opset, export_onnx,
                                select_inputs)
 from utils.onnx_optimize import (DEFAULT_MAX_PROB_DIFF, DEFAULT_MIN_AGREEMENT, AgreementFigures, OptimizationError,
                                  OptimizeOptions, ServedInputs, optimize)
-from utils.heads import pipeline_function
 from utils.parity import ParityError, ParityFigures, check_pair_parity, check_parity, encode_reference, pad_batch
 from utils.storages import Artifact, Fetched, FetchRequest, StorageError, available_storages
-from utils.validate_artifacts import label_name_problem
 
 LOGGER = logging.getLogger("convert_to_onnx")
 
@@ -146,40 +145,18 @@ def check_tokenizer_dir(path: Path, source: Source) -> None:
 
 # ------------------------------------------------------------------------------------------- labels and limits
 
-def read_id2label_file(path: Path) -> dict[int, str]:
+def read_id2label_file(path: Path) -> list[str]:
+    """--id2label FILE: an id2label object, or a config.json-like file holding one as its "id2label" member; the
+    rules are model_repository/tritoned_heads.py's."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = load_json(path, "--id2label")
+        if isinstance(data, dict) and isinstance(data.get("id2label"), dict):  # a config.json-like file
+            data = data["id2label"]
+        return check_id2label(data, "--id2label", str(path), "fix the names in the file")
     except FileNotFoundError as err:
         raise ConversionError(f"--id2label: no such file: {path}") from err
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ConversionError(f"--id2label: {path} is not valid JSON ({err}); write an object like "
-                              '{"0": "negative", "1": "positive"}') from err
-    if isinstance(data, dict) and isinstance(data.get("id2label"), dict):  # a config.json-like file
-        data = data["id2label"]
-    if not isinstance(data, dict) or not data:
-        raise ConversionError(f"--id2label: {path} must be a non-empty JSON object like "
-                              '{"0": "negative", "1": "positive"}')
-    try:
-        labels = {int(key): value for key, value in data.items()}
-    except ValueError as err:
-        raise ConversionError(f"--id2label: keys of {path} must be class indices \"0\"..\"{len(data) - 1}\", got "
-                              f"{sorted(data)[:5]}") from err
-    if sorted(labels) != list(range(len(labels))):
-        raise ConversionError(f"--id2label: keys of {path} must be \"0\"..\"{len(labels) - 1}\" with no gaps, got "
-                              f"{sorted(labels)}; number the classes in the order of the model's logits")
-    bad = [key for key, value in labels.items() if not isinstance(value, str) or not value.strip()]
-    if bad:
-        raise ConversionError(f"--id2label: label names of keys {bad} in {path} must be non-empty strings")
-    check_label_names(labels, f"--id2label: {path}", "fix the names in the file")
-    return labels
-
-
-def check_label_names(labels: dict[int, str], where: str, fix: str) -> None:
-    """Names Triton's label file can hold (one per line): no line breaks or other control characters."""
-    for key, name in sorted(labels.items()):
-        problem = label_name_problem(name)
-        if problem:
-            raise ConversionError(f"{where}: the label name of key \"{key}\" ({name!r}) {problem}; {fix}")
+    except LabelError as err:
+        raise ConversionError(str(err)) from err
 
 
 def resolve_labels(config: Any, id2label_file: Path | None) -> tuple[dict[str, str], str]:
@@ -190,11 +167,15 @@ def resolve_labels(config: Any, id2label_file: Path | None) -> tuple[dict[str, s
         if sorted(from_config) != list(range(num_labels)):
             raise ConversionError(f"model: config.id2label {from_config} does not name the model's {num_labels} "
                                   "labels; pass --id2label FILE with the names")
-        check_label_names(from_config, "model: config.id2label", "pass --id2label FILE with other names")
-        if all(name == f"LABEL_{key}" for key, name in from_config.items()):
+        try:
+            names = check_id2label({str(key): name for key, name in from_config.items()}, "model: config.id2label",
+                                   "the model's config", "pass --id2label FILE with other names")
+        except LabelError as err:
+            raise ConversionError(str(err)) from err
+        if all(name == f"LABEL_{key}" for key, name in enumerate(names)):
             LOGGER.warning("The model's config has only generic label names (LABEL_0...); pass --id2label FILE "
                            "to serve real names")
-        return {str(key): from_config[key] for key in range(num_labels)}, "config.id2label"
+        return id2label_json(names), "config.id2label"
     from_file = read_id2label_file(id2label_file)
     if len(from_file) != num_labels:
         raise ConversionError(f"--id2label: {id2label_file} names {len(from_file)} labels but the model outputs "
@@ -205,7 +186,7 @@ def resolve_labels(config: Any, id2label_file: Path | None) -> tuple[dict[str, s
     differing = [key for key in range(num_labels) if from_config.get(key) != from_file[key]]
     LOGGER.info("id2label: %s agrees with num_labels=%d and wins over config.id2label%s", id2label_file, num_labels,
                 f" (it renames {len(differing)} of them)" if differing else " (same names)")
-    return {str(key): from_file[key] for key in range(num_labels)}, f"file:{id2label_file}"
+    return id2label_json(from_file), f"file:{id2label_file}"
 
 
 def problem_type_of(config: Any) -> str | None:

@@ -8,24 +8,30 @@ utils/validate_artifacts.py has checked the names (no line breaks or control cha
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
+if __package__ in (None, ""):  # run as `python utils/label_file.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-def label_lines(id2label: dict[str, str]) -> str:
-    names = [id2label[str(index)] for index in range(len(id2label))]
-    if any("\n" in name or "\r" in name for name in names):
-        raise ValueError("a label name holds a line break; check id2label.json with utils/validate_artifacts.py")
+from model_repository.tritoned_heads import LabelError, read_id2label  # noqa: E402
+
+
+def label_lines(names: list[str]) -> str:
+    """The label file of `names` (checked by tritoned_heads: none holds a line break)."""
     return "".join(f"{name}\n" for name in names)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("id2label", type=Path, help='JSON object {"0": "label", ...}, already validated')
+    parser.add_argument("id2label", type=Path, help='JSON object {"0": "label", ...}')
     parser.add_argument("output", type=Path, nargs="+", help="label file(s) to write, e.g. MODEL_DIR/labels.txt")
     args = parser.parse_args(argv)
-    text = label_lines(json.loads(args.id2label.read_text(encoding="utf-8")))
+    try:
+        text = label_lines(read_id2label(args.id2label))
+    except (LabelError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     for output in args.output:
         output.write_text(text, encoding="utf-8")
     return 0

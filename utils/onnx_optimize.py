@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from utils.heads import apply
+from model_repository.tritoned_heads import apply
 from utils.parity import ParityError, ParityFigures, encode_served, onnx_logits, probe_texts
 
 LOGGER = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class ServedInputs:
     max_length: int
     input_names: Sequence[str]
     pad_id: int
-    function: str = "softmax"  # what post_processing applies to the logits (utils/heads.py)
+    function: str = "softmax"  # what post_processing applies to the logits (tritoned_heads)
 
 
 @dataclass(frozen=True)

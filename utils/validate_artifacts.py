@@ -13,9 +13,13 @@ import hashlib
 import json
 import shlex
 import sys
-import unicodedata
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):  # run as `python utils/validate_artifacts.py`: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from model_repository.tritoned_heads import FUNCTIONS, LabelError, read_id2label  # noqa: E402
 
 REQUIRED_INPUTS = ("input_ids", "attention_mask")
 OPTIONAL_INPUTS = ("token_type_ids",)
@@ -28,9 +32,6 @@ CONVERTED_INPUTS = "build/artifacts/model.onnx build/artifacts/tokenizer build/a
 SLOW_TOKENIZER_FILES = ("vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model", "spm.model",
                         "tokenizer.model", "tokenizer_config.json")
 SANE_MAX_LENGTH = 1_000_000  # transformers writes VERY_LARGE_INTEGER when a tokenizer has no limit
-FUNCTIONS = ("softmax", "sigmoid", "none")
-# Triton's label file (labels.txt, for the classification extension) holds one name per line.
-LINE_BREAKING = {"Cc", "Zl", "Zp"}  # control characters (\n, \r, \t, NUL...), line and paragraph separators
 
 
 class ArtifactError(Exception):
@@ -48,30 +49,14 @@ def id2label_path_error(path: Path) -> ArtifactError:
                          f"utils/convert_to_onnx.py writes ({CONVERT_COMMAND})")
 
 
-def load_id2label(path: Path) -> dict[str, str]:
+def load_id2label(path: Path) -> list[str]:
+    """The label names of ID2LABEL in id order (the rules: model_repository/tritoned_heads.py)."""
     if not path.is_file():
         raise id2label_path_error(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ArtifactError(f"id2label: {path} is not valid JSON ({err}); write an object like "
-                            '{"0": "negative", "1": "positive"}') from err
-    if not isinstance(data, dict) or not data:
-        raise ArtifactError(f"id2label: {path} must be a non-empty JSON object like "
-                            '{"0": "negative", "1": "positive"}')
-    expected = {str(i) for i in range(len(data))}
-    if set(data) != expected:
-        raise ArtifactError(f"id2label: keys must be \"0\"..\"{len(data) - 1}\" with no gaps, got "
-                            f"{sorted(data)}; number the classes as the model's logits are ordered")
-    bad = [key for key, value in data.items() if not isinstance(value, str) or not value.strip()]
-    if bad:
-        raise ArtifactError(f"id2label: the label names of keys {sorted(bad, key=int)} must be non-empty strings")
-    for key in sorted(data, key=int):
-        problem = label_name_problem(data[key])
-        if problem:
-            raise ArtifactError(f"id2label: the label name of key \"{key}\" ({data[key]!r}) {problem}; rename the "
-                                f"class in {path}")
-    return data
+        return read_id2label(path)
+    except LabelError as err:
+        raise ArtifactError(str(err)) from err
 
 
 def tokenizer_path_error(path: Path) -> ArtifactError:
@@ -93,16 +78,6 @@ def tokenizer_path_error(path: Path) -> ArtifactError:
         fix = ("pass the directory written by tokenizer.save_pretrained() for a fast tokenizer "
                "(utils/convert_to_onnx.py writes one)")
     return ArtifactError(f"tokenizer: {path} holds no tokenizer.json; {fix}")
-
-
-def label_name_problem(name: str) -> str | None:
-    """Why Triton's label file cannot hold `name` (one name per line), or None."""
-    bad = sorted({char for char in name if unicodedata.category(char) in LINE_BREAKING})
-    if not bad:
-        return None
-    shown = ", ".join(repr(char) for char in bad)
-    return (f"contains {shown}: a line break or control character that Triton's label file (one name per line, "
-            "for top-k answers) cannot hold")
 
 
 def tokenizer_dir(path: Path) -> Path:
