@@ -80,6 +80,11 @@ class HttpFront:
         match = MODEL_ROUTE.fullmatch(path)
         if match and match.group(3) in ("infer", "generate", "generate_stream"):
             return self.catalog.body_limit(match.group(1))
+        if path in TEI_ROUTES or path == "/" or HF_MODEL_ROUTE.fullmatch(path):
+            try:
+                return self.catalog.body_limit(self.manifest().ensemble)
+            except ApiError:
+                pass
         return self.limits.body_overhead_bytes
 
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:

@@ -18,19 +18,13 @@ import pytest
 
 from conftest import assert_log_shows_no_crash, make_image
 from local_triton import LocalTriton
-from manifest_fallback import ensure_manifest
 from tiny_models import CORPUS
 
 MODEL = "ensemble_model"
 TOLERANCE = 1e-4
 SCHEMA = json.loads((Path(__file__).parent / "schemas" / "tei.json").read_text(encoding="utf-8"))
-# kind -> (make_triton_image.sh options, the pipeline's function)
-KINDS = {
-    "bert": ([], "softmax"),
-    "multi_label": ([], "sigmoid"),
-    "regression": ([], "none"),
-    "reranker": (["--text-pair"], "sigmoid"),
-}
+# kind (its pipeline function: softmax, sigmoid per label, none, sigmoid of one logit) -> make_triton_image.sh options
+KINDS = {"bert": [], "multi_label": [], "regression": [], "reranker": ["--text-pair"]}
 TEXTS = ["помогите мне", "where is my order", "I want a refund for this item", "", "help " * 200]
 
 
@@ -54,13 +48,12 @@ def served(request, tiny_artifacts, serve, tmp_path_factory) -> Served:
     from bench.local_server import max_sequence_length
 
     kind = request.param
-    options, function = KINDS[kind]
+    options = KINDS[kind]
     artifacts = tiny_artifacts(kind)
     build_dir = tmp_path_factory.mktemp(f"build-apis-{kind}")
     result = make_image(artifacts, build_dir, "--no-build", *options)
     assert result.returncode == 0, result.stderr
     repository = build_dir / MODEL / "context" / "model_repository"
-    ensure_manifest(repository, artifacts.id2label, function)
     server = serve(repository, build_dir / "server.log", build_dir)
     pipe = pipeline("text-classification", model=str(artifacts.hf_dir), tokenizer=str(artifacts.hf_dir), device="cpu")
     return Served(kind, server, pipe, max_sequence_length(repository), list(artifacts.labels().values()),

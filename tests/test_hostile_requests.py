@@ -29,7 +29,6 @@ from tritonclient.utils import InferenceServerException
 
 from conftest import assert_log_shows_no_crash, make_image
 from local_triton import LocalTriton, process_rss
-from manifest_fallback import ensure_manifest
 from traffic import stubs_of_group
 
 MODEL = "ensemble_model"
@@ -62,7 +61,6 @@ def served(tiny_artifacts, serve, tmp_path_factory) -> Served:
     artifacts = tiny_artifacts("bert")
     build_dir = tmp_path_factory.mktemp("build-hostile")
     assert make_image(artifacts, build_dir, "--no-build").returncode == 0
-    ensure_manifest(build_dir / MODEL / "context" / "model_repository", artifacts.id2label, "softmax")
     server = serve(build_dir / MODEL / "context" / "model_repository", build_dir / "server.log", build_dir)
     label = grpcclient.InferenceServerClient(server.grpc_url).infer(MODEL, [grpc_text([TEXT])]).as_numpy("label")
     return Served(server, list(artifacts.labels().values()), stub_pids(server), label.reshape(-1)[0].decode())
