@@ -39,6 +39,9 @@ def _explain(triton_message: str) -> str:
     if match is None:
         return f"invalid inference request: {triton_message}"
     member = match.group("member") or match.group("what") or "request"
+    if member == "JSON bytes array":
+        return (f"invalid inference request: each element of 'data' of a BYTES input must be a string "
+                f"(Triton: {triton_message})")
     if match.group("kind"):
         expected = _EXPECTED.get(match.group("kind"), match.group("kind"))
         return f"invalid inference request: '{member}' must be {expected} (Triton: {triton_message})"
