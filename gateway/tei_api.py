@@ -10,14 +10,12 @@ What TEI's options mean here, as in TEI: `raw_scores` asks for the logits (the e
 424 "model is not a re-ranker model" otherwise, as TEI; /predict serves every model."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from .classify import MAX_CLIENT_BATCH_SIZE, ApiError, Item, Job, check_items
 from .manifest import Manifest
 
-log = logging.getLogger("tritoned.tei")
 STATUS = {"Unhealthy": 503, "Backend": 424, "Overloaded": 429, "Validation": 422, "Tokenizer": 422, "Empty": 400}
 MAX_CHAR_MULTIPLIER = 250  # TEI's limit of characters per token before it tokenizes (core/src/tokenization.rs)
 SPECIAL_TOKENS_BOUND = 8  # special tokens a (pair) template adds, at most; a text of n UTF-8 bytes has <= n tokens

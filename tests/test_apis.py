@@ -103,6 +103,19 @@ def test_inference_client_answers_as_the_pipeline(served: Served) -> None:
                      served.pipeline(text, top_k=top_k))
 
 
+def test_function_to_apply_is_the_pipelines(served: Served) -> None:
+    from huggingface_hub import InferenceClient
+
+    client = InferenceClient(base_url=f"http://{served.server.http_url}")
+    for function in ("softmax", "sigmoid", "none"):
+        same([vars(e) for e in client.text_classification(TEXTS[2], top_k=3, function_to_apply=function)],
+             served.pipeline(TEXTS[2], top_k=3, function_to_apply=function))
+        status, answer = call(served, "POST", "/", {"inputs": TEXTS[:2], "parameters": {"function_to_apply": function}})
+        assert status == 200, answer
+        for entry, text in zip(answer, TEXTS[:2]):
+            same(entry, [served.pipeline(text, function_to_apply=function)[0]])
+
+
 def test_hf_json_takes_lists_pairs_and_top_k_null(served: Served) -> None:
     status, answer = call(served, "POST", "/", {"inputs": TEXTS, "parameters": {"top_k": None}})
     assert status == 200, answer
