@@ -34,6 +34,7 @@ JSON = "application/json"
 BINARY = "application/octet-stream"
 HF_MODEL_ROUTE = re.compile(r"/models/([^/]+)")  # POST /models/{name}: the HF inference JSON, as POST /
 TEI_ROUTES = ("/predict", "/rerank")
+UPSTREAM_CONNECTIONS = 1024  # requests forwarded to Triton at once (TEI's /info: max_concurrent_requests)
 
 
 def error(status: int, message: str, close: bool = False) -> web.Response:
@@ -66,7 +67,7 @@ class HttpFront:
 
     async def _open(self, _: web.Application) -> None:
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1024, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, keepalive_timeout=30),
             auto_decompress=False, skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=self.limits.upstream_timeout_s))
 
@@ -308,7 +309,7 @@ class HttpFront:
             facts = self.manifest()
         except ApiError as failure:
             return _tei_error(failure.status, failure.message, failure.error_type)
-        return _json(tei_api.info(facts, INFO_VERSION))
+        return _json(tei_api.info(facts, INFO_VERSION, UPSTREAM_CONNECTIONS))
 
     async def _checked_inference_body(self, request: web.Request, model_name: str, kind: str,
                                       limit: int) -> tuple[bytes, dict[str, str]]:
