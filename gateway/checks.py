@@ -12,6 +12,7 @@ from .catalog import Model
 
 _JSON_CONTAINERS = (dict, list)
 STUB_FAILURE = "Stub process"  # how Triton 2.51 words a request failed by a dead Python backend stub (both fronts)
+JSON = "application/json"
 
 
 class Rejected(Exception):

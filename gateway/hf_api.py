@@ -28,8 +28,8 @@ def _item(value: Any, where: str) -> Item:
                         f"{type(value).__name__}")
 
 
-def parse(body: Any, manifest: Manifest) -> tuple[Job, Any, bool]:
-    """(job, top_k or UNSET, whether the input was a list) of a request; ApiError(400) naming what is wrong."""
+def parse(body: Any, manifest: Manifest) -> tuple[Job, Any]:
+    """(job, top_k or UNSET) of a request; ApiError(400) naming what is wrong."""
     if not isinstance(body, dict) or "inputs" not in body:
         raise ApiError(400, 'the request must be a JSON object {"inputs": text or list of texts, "parameters": '
                             '{...}}')
@@ -37,8 +37,7 @@ def parse(body: Any, manifest: Manifest) -> tuple[Job, Any, bool]:
     if unknown:
         raise ApiError(400, f"unknown member(s) {unknown}: the request has 'inputs' and optional 'parameters'")
     inputs = body["inputs"]
-    batched = isinstance(inputs, list)
-    items = [_item(value, f"inputs[{index}]") for index, value in enumerate(inputs)] if batched \
+    items = [_item(value, f"inputs[{index}]") for index, value in enumerate(inputs)] if isinstance(inputs, list) \
         else [_item(inputs, "inputs")]
     parameters = body.get("parameters")
     if parameters is None:
@@ -59,7 +58,7 @@ def parse(body: Any, manifest: Manifest) -> tuple[Job, Any, bool]:
         check_items(items, manifest)
     except ApiError as error:
         raise ApiError(400, error.message) from None
-    return Job(items, function), top_k, batched
+    return Job(items, function), top_k
 
 
 def answer(manifest: Manifest, rows: list[list[float]], top_k: Any) -> list[list[dict[str, Any]]]:

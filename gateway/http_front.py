@@ -7,17 +7,15 @@ import asyncio
 import json
 import logging
 import re
-from pathlib import Path
-from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
 
-from . import checks, classify, hf_api, lockdown, manifest, tei_api, v2_schema
+from . import checks, lockdown, manifest, v2_schema
+from .api_front import ApiFront
 from .budget import BodyBudget
 from .catalog import Catalog
 from .checks import Rejected
-from .classify import ApiError
 from .health import Health
 from .settings import Limits
 
@@ -30,10 +28,9 @@ REPOSITORY_CONTROL = re.compile(r"/v2/repository(?:/[^/]+)?/models/[^/]+/(?:load
 INFER_HEADER = "Inference-Header-Content-Length"
 STUB_FAILURE = checks.STUB_FAILURE.encode()
 PASSED_BACK = ("Content-Type", INFER_HEADER, "Content-Encoding")
-JSON = "application/json"
+JSON = checks.JSON
 BINARY = "application/octet-stream"
-HF_MODEL_ROUTE = re.compile(r"/models/([^/]+)")  # POST /models/{name}: the HF inference JSON, as POST /
-TEI_ROUTES = ("/predict", "/rerank")
+UPSTREAM_CONNECTIONS = 1024  # requests forwarded to Triton at once (TEI's /info: max_concurrent_requests)
 
 
 def error(status: int, message: str, close: bool = False) -> web.Response:
@@ -53,9 +50,11 @@ class HttpFront:
         self.supervisor = None  # set by the app once the supervisor exists
         self.session: aiohttp.ClientSession | None = None
         self.in_flight = 0  # requests being handled: the drain waits for them
-        self.repository: Path | None = None  # the model repository (tritonserver's --model-repository), set by the app
-        self._manifest: manifest.Manifest | None = None
-        self._token_counter: tei_api.TokenCounter | None = None
+        self.apis = ApiFront(self, UPSTREAM_CONNECTIONS)  # the HF inference JSON and TEI routes
+
+    def find_repository(self, tritonserver_command: list[str]) -> None:
+        """The model repository whose tritoned.json the HF and TEI routes read: the one tritonserver serves."""
+        self.apis.repository = manifest.repository_of(tritonserver_command)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=1)  # bodies are read by read_body() with their own limit
@@ -66,7 +65,7 @@ class HttpFront:
 
     async def _open(self, _: web.Application) -> None:
         self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=1024, keepalive_timeout=30),
+            connector=aiohttp.TCPConnector(limit=UPSTREAM_CONNECTIONS, keepalive_timeout=30),
             auto_decompress=False, skip_auto_headers=("Accept-Encoding", "User-Agent", "Content-Type"),
             timeout=aiohttp.ClientTimeout(total=self.limits.upstream_timeout_s))
 
@@ -80,7 +79,7 @@ class HttpFront:
         match = MODEL_ROUTE.fullmatch(path)
         if match and match.group(3) in ("infer", "generate", "generate_stream"):
             return self.catalog.body_limit(match.group(1))
-        return self.limits.body_overhead_bytes
+        return self.apis.body_limit(path) or self.limits.body_overhead_bytes
 
     async def _expect(self, request: web.Request) -> web.StreamResponse | None:
         """Expect: 100-continue (curl sends it for bodies over 1 MB): a body over the limit is refused before the
@@ -120,12 +119,8 @@ class HttpFront:
                 return await self._inference(request, path, match.group(1), match.group(3))
             if match and match.group(3) == "ready":
                 return await self._model_ready(request, path)
-            if method == "POST" and (path == "/" or HF_MODEL_ROUTE.fullmatch(path)):
-                return await self._hf(request, path)
-            if path in TEI_ROUTES and method == "POST":
-                return await self._tei(request, path)
-            if path == "/info" and method == "GET":
-                return await self._tei_info(request)
+            if self.apis.serves(path, method):
+                return await self.apis.handle(request, path)
             if REPOSITORY_CONTROL.fullmatch(path):
                 return error(403, "loading and unloading models is not allowed through this server: the repository "
                                   "API is restricted to the models the server started with (a model whose backend "
@@ -170,7 +165,7 @@ class HttpFront:
         body, headers = await self._checked_inference_body(request, model_name, kind, limit)
         if kind == "generate_stream":
             return await self._stream(request, path, body, headers)
-        status, data, out_headers = await self._forward_inference(path, body, headers, model_name)
+        status, data, out_headers = await self.forward_inference(path, body, headers, model_name)
         if status >= 500:
             mapped = v2_schema.client_error(status, data)
             if mapped is not None:  # Triton's 500 for a request that breaks the v2 schema: a client error
@@ -183,8 +178,8 @@ class HttpFront:
                 out_headers[INFER_HEADER] = str(new_length)
         return web.Response(status=status, body=data, headers=out_headers)
 
-    async def _forward_inference(self, path: str, body: bytes, headers: dict[str, str],
-                                 model_name: str) -> tuple[int, bytes, dict[str, str]]:
+    async def forward_inference(self, path: str, body: bytes, headers: dict[str, str],
+                                model_name: str) -> tuple[int, bytes, dict[str, str]]:
         """Triton's answer to an inference request, sent again once when a dead backend process failed it and the
         supervisor has healed the model since."""
         supervisor = self.supervisor
@@ -197,113 +192,6 @@ class HttpFront:
                      model_name)
             status, data, out_headers = await self._send("POST", path, body, headers)
         return status, data, out_headers
-
-    # ------------------------------------------------------------------------- the HF and TEI translations
-
-    def find_repository(self, tritonserver_command: list[str]) -> None:
-        """Where the manifest is: the model repository that tritonserver's command names."""
-        self.repository = manifest.repository_of(tritonserver_command)
-
-    def manifest(self) -> manifest.Manifest:
-        """The served model's manifest, read once; ApiError (503) naming the file and the fix when unreadable."""
-        if self._manifest is None:
-            if self.repository is None:
-                raise ApiError(503, "the model repository is not known (tritonserver was started without "
-                                    "--model-repository=DIR): the HF and TEI APIs need its tritoned.json",
-                               "Unhealthy")
-            try:
-                self._manifest = manifest.load(self.repository)
-            except manifest.ManifestError as failure:
-                raise ApiError(503, str(failure), "Unhealthy") from None
-        return self._manifest
-
-    def token_counter(self, facts: manifest.Manifest) -> tei_api.TokenCounter:
-        if self._token_counter is None:
-            self._token_counter = tei_api.TokenCounter(self.repository, facts.max_sequence_length)
-        return self._token_counter
-
-    async def _translated(self, request: web.Request, build: Callable[[Any, manifest.Manifest], Any],
-                          model_name: str | None = None) -> Any:
-        """Read and parse the body within the ensemble's limits, `build(parsed, manifest)` -> (job, extra), run the
-        job through the ensemble (the v2 path: budget, supervisor retry, Triton's metrics): (job, extra, rows)."""
-        facts = self.manifest()
-        if model_name is not None and model_name != facts.ensemble:
-            raise ApiError(404, f"model '{model_name[:100]}' is not served here: this server serves "
-                                f"'{facts.ensemble}' (POST /models/{facts.ensemble} or POST /)", "Validation")
-        limit = self.catalog.body_limit(facts.ensemble)
-        if request.content_length is not None and request.content_length > limit:
-            raise checks.too_large("the request body", limit)
-        compressed = request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity")
-        size = limit if request.content_length is None or compressed else request.content_length
-        async with self.budget.hold(size, self.limits.request_timeout_s):
-            body = await self.read_body(request, limit)
-            parsed = checks.parse_json(body, self.limits.max_json_depth)
-            job, extra = build(parsed, facts)
-            rows = await self._classify(job, facts)
-        return extra, rows
-
-    async def _classify(self, job: classify.Job, facts: manifest.Manifest) -> list[list[float]]:
-        model = self.catalog.get(facts.ensemble)
-        batch = model.max_batch_size if model is not None and model.max_batch_size > 0 else facts.max_batch_size
-        path = f"/v2/models/{facts.ensemble}/infer"
-        headers = {"Content-Type": JSON}
-        answers = await asyncio.gather(*(self._forward_inference(path, body, headers, facts.ensemble)
-                                         for body in classify.requests_of(job, facts, batch)))
-        rows: list[list[float]] = []
-        for status, data, _ in answers:
-            if status != 200:
-                message = classify.error_message(data)
-                if status == 503:
-                    raise ApiError(503, message, "Unhealthy")
-                if 400 <= status < 500:
-                    raise ApiError(400 if status == 400 else status, message, "Validation")
-                raise ApiError(status, message, "Backend")
-            rows.extend(classify.rows_of(data, len(facts.labels)))
-        if len(rows) != len(job.items):
-            raise ApiError(502, f"the ensemble answered {len(rows)} rows for {len(job.items)} texts", "Backend")
-        return rows
-
-    async def _hf(self, request: web.Request, path: str) -> web.Response:
-        match = HF_MODEL_ROUTE.fullmatch(path)
-        try:
-            (top_k, _), rows = await self._translated(
-                request, lambda parsed, facts: _hf_build(parsed, facts), match.group(1) if match else None)
-        except ApiError as failure:
-            status = failure.status if failure.status >= 500 or failure.status in (404, 413, 429) else 400
-            return error(status, failure.message)
-        except Rejected as rejected:
-            return error(rejected.http_status, rejected.message, close=rejected.http_status == 413)
-        return _json(hf_api.answer(self.manifest(), rows, top_k))
-
-    async def _tei(self, request: web.Request, path: str) -> web.Response:
-        try:
-            if path == "/predict":
-                batched, rows = await self._translated(
-                    request, lambda parsed, facts: tei_api.predict_job(parsed, facts, self.token_counter(facts)))
-                return _json(tei_api.predict_answer(self.manifest(), rows, batched))
-            (texts, return_text), rows = await self._translated(request, self._rerank_build)
-            return _json(tei_api.rerank_answer(rows, texts, return_text))
-        except ApiError as failure:
-            return _tei_error(failure.status if failure.status != 502 else 424, failure.message,
-                              failure.error_type)
-        except Rejected as rejected:
-            # serde's refusal of a body is 422 in TEI; a body too large, late or over the budget keeps its status
-            status = 422 if rejected.http_status == 400 else rejected.http_status
-            kind = {503: "Overloaded", 413: "Validation", 422: "Validation"}.get(status, "Validation")
-            return _tei_error(status, rejected.message, kind, close=status == 413)
-
-    def _rerank_build(self, parsed: Any, facts: manifest.Manifest) -> tuple[classify.Job, tuple[list[str], bool]]:
-        job, texts, return_text = tei_api.rerank_job(parsed, facts, self.token_counter(facts))
-        return job, (texts, return_text)
-
-    async def _tei_info(self, request: web.Request) -> web.Response:
-        if request.content_length:
-            return _tei_error(422, "GET /info carries no body", "Validation")
-        try:
-            facts = self.manifest()
-        except ApiError as failure:
-            return _tei_error(failure.status, failure.message, failure.error_type)
-        return _json(tei_api.info(facts, INFO_VERSION))
 
     async def _checked_inference_body(self, request: web.Request, model_name: str, kind: str,
                                       limit: int) -> tuple[bytes, dict[str, str]]:
@@ -423,26 +311,6 @@ class HttpFront:
             return error(504, f"tritonserver did not answer within {self.limits.upstream_timeout_s:g}s")
         except aiohttp.ClientError:
             return error(503, "tritonserver does not answer")
-
-
-INFO_VERSION = "tritoned-gateway"  # /info's "version": this server, not a TEI release
-
-
-def _hf_build(parsed: Any, facts: manifest.Manifest) -> tuple[classify.Job, tuple[Any, bool]]:
-    job, top_k, batched = hf_api.parse(parsed, facts)
-    return job, (top_k, batched)
-
-
-def _json(value: Any) -> web.Response:
-    return web.Response(body=json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(),
-                        content_type=JSON)
-
-
-def _tei_error(status: int, message: str, error_type: str, close: bool = False) -> web.Response:
-    response = web.json_response(tei_api.error_body(message, error_type), status=status)
-    if close:
-        response.force_close()
-    return response
 
 
 def _error_body(message: str) -> bytes:

@@ -10,14 +10,12 @@ What TEI's options mean here, as in TEI: `raw_scores` asks for the logits (the e
 424 "model is not a re-ranker model" otherwise, as TEI; /predict serves every model."""
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 from .classify import MAX_CLIENT_BATCH_SIZE, ApiError, Item, Job, check_items
 from .manifest import Manifest
 
-log = logging.getLogger("tritoned.tei")
 STATUS = {"Unhealthy": 503, "Backend": 424, "Overloaded": 429, "Validation": 422, "Tokenizer": 422, "Empty": 400}
 MAX_CHAR_MULTIPLIER = 250  # TEI's limit of characters per token before it tokenizes (core/src/tokenization.rs)
 SPECIAL_TOKENS_BOUND = 8  # special tokens a (pair) template adds, at most; a text of n UTF-8 bytes has <= n tokens
@@ -145,14 +143,14 @@ def rerank_answer(rows: list[list[float]], texts: list[str], return_text: bool) 
     return _tei_sorted(ranks)
 
 
-def info(manifest: Manifest, version: str) -> dict[str, Any]:
+def info(manifest: Manifest, version: str, max_concurrent_requests: int) -> dict[str, Any]:
     id2label = {str(index): label for index, label in enumerate(manifest.labels)}
     label2id = {label: index for index, label in enumerate(manifest.labels)}
     kind = "reranker" if manifest.is_reranker else "classifier"
     return {
         "model_id": manifest.ensemble, "model_sha": None, "model_dtype": "float32",
         "served_model_name": manifest.ensemble, "model_type": {kind: {"id2label": id2label, "label2id": label2id}},
-        "max_concurrent_requests": 1024, "max_input_length": manifest.max_sequence_length,
+        "max_concurrent_requests": max_concurrent_requests, "max_input_length": manifest.max_sequence_length,
         "max_batch_tokens": manifest.max_sequence_length * manifest.max_batch_size,
         "max_batch_requests": manifest.max_batch_size, "max_client_batch_size": MAX_CLIENT_BATCH_SIZE,
         "auto_truncate": True, "tokenization_workers": 1, "version": version, "sha": None, "docker_label": None,

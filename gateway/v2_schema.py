@@ -24,6 +24,11 @@ _EXPECTED = {"string": "a string", "unsigned-integer": "a non-negative integer",
 _PARAMETERS = b'"parameters":{'
 _OUTPUTS = b'"outputs":['
 _HEAD = 4096  # the top-level members before "outputs" fit in this (ids are short; Triton writes them first)
+# What Triton 2.51 writes for an ensemble request without sequence parameters (nearly every one): replaced as is.
+_SEQUENCE = b'"sequence_id":0,"sequence_start":false,"sequence_end":false'
+_USUAL = _PARAMETERS + b",".join([_SEQUENCE] * 3) + b"}"
+_USUAL_FIXED = _PARAMETERS + _SEQUENCE + b"}"
+_PAIRS = json.JSONDecoder(object_pairs_hook=list)  # objects as their (key, value) lists: duplicates stay visible
 
 
 def _explain(triton_message: str) -> str:
@@ -34,6 +39,9 @@ def _explain(triton_message: str) -> str:
     if match is None:
         return f"invalid inference request: {triton_message}"
     member = match.group("member") or match.group("what") or "request"
+    if member == "JSON bytes array":
+        return (f"invalid inference request: each element of 'data' of a BYTES input must be a string "
+                f"(Triton: {triton_message})")
     if match.group("kind"):
         expected = _EXPECTED.get(match.group("kind"), match.group("kind"))
         return f"invalid inference request: '{member}' must be {expected} (Triton: {triton_message})"
@@ -74,6 +82,9 @@ def dedupe_parameters(data: bytes, header_length: int | None = None) -> tuple[by
     start = data.find(_PARAMETERS, 0, end)
     if start < 0:
         return data, header_length
+    if data.startswith(_USUAL, start):  # only the top-level object can hold these keys
+        out = data[:start] + _USUAL_FIXED + data[start + len(_USUAL):]
+        return out, None if header_length is None else header_length - len(_USUAL) + len(_USUAL_FIXED)
     outputs = data.find(_OUTPUTS, 0, end)
     if 0 <= outputs < start:
         return data, header_length  # the first "parameters" belongs to an output: the answer has no top-level one
@@ -81,11 +92,9 @@ def dedupe_parameters(data: bytes, header_length: int | None = None) -> tuple[by
     stop = outputs if outputs > start else end
     try:
         text = data[opening:stop].decode("utf-8")
-        objects: list[list[tuple[str, object]]] = []  # the outermost object is completed last
-        _, consumed = json.JSONDecoder(object_pairs_hook=lambda p: objects.append(p) or dict(p)).raw_decode(text)
+        pairs, consumed = _PAIRS.raw_decode(text)
     except (UnicodeDecodeError, ValueError):
         return data, header_length
-    pairs = objects[-1]
     if len({key for key, _ in pairs}) == len(pairs):
         return data, header_length
     fixed = json.dumps(_first_key_wins(pairs), separators=(",", ":")).encode()

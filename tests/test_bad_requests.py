@@ -256,14 +256,15 @@ def json_body(data, datatype: str = "BYTES", shape: list[int] | None = None) -> 
 
 
 # id -> (body, HTTP status, phrase of the error). A body that is not JSON, or JSON without an 'inputs' array, is refused
-# by the gateway (400; Triton itself answered 500). What is inside the tensors is Triton's to judge: its statuses.
+# by the gateway (400; Triton itself answered 500). What is inside the tensors is Triton's to judge; its 500s for a
+# request that breaks the v2 schema are answered 400 by the gateway (issue 22, gateway/v2_schema.py).
 RAW_MALFORMED = {
     "not_json": (b"where is my order", 400, "failed to parse the request JSON"),
     "binary_garbage": (b"\xff\xfe\x00\x01garbage", 400, "the request body is not UTF-8 JSON"),
     "truncated_json": (json_body(["where is my order"])[:40], 400, "failed to parse the request JSON"),
     "json_without_inputs": (b'{"texts": ["where is my order"]}', 400, "Unable to parse 'inputs'"),
     "json_array": (b'["where is my order"]', 400, "Unable to parse 'inputs'"),
-    "number_as_text": (json_body([5]), 500, "Unable to parse JSON bytes array"),
+    "number_as_text": (json_body([5]), 400, "each element of 'data' of a BYTES input must be a string"),
     "shape_says_2_texts_data_has_1": (json_body(["where is my order"], shape=[2, 1]), 400,
                                       "expected 2 string elements for inference input 'text_input'"),
 }

@@ -212,6 +212,26 @@ def test_deep_json_and_large_form_bodies_on_other_endpoints(served: Served, path
     assert_still_serving(served)
 
 
+# The HF inference JSON and TEI routes: translations to the same v2 path, with the same limits.
+API_ROUTES = ["/", f"/models/{MODEL}", "/predict", "/rerank"]
+
+
+@pytest.mark.parametrize("path", API_ROUTES)
+def test_deep_json_large_and_compressed_bodies_on_the_api_routes(served: Served, path: str, tmp_path: Path) -> None:
+    status, body = post(served.server.http_url, path, b"[" * 50_000 + b"]" * 50_000)
+    assert status in (400, 422) and "nested deeper" in error_of(body), (path, body[:300])
+    form = tmp_path / "form.json"
+    form.write_bytes(json.dumps({"inputs": "a " * (LIMIT // 2)}).encode())  # over the ensemble's body limit
+    status, body = curl_post(served.server.http_url, path, form, "application/x-www-form-urlencoded")
+    assert status == 413 and "larger than" in error_of(body), (path, status, body[:300])
+    bomb = gzip.compress(json.dumps({"inputs": "a" * (LIMIT + MB)}).encode())
+    status, body = post(served.server.http_url, path, bomb, headers={"Content-Encoding": "gzip"})
+    assert status == 413 and "decompressed" in error_of(body), (path, body[:300])
+    status, body = post(served.server.http_url, path, b'{"inputs": "x", "inputs": "y"}')
+    assert status in (400, 422) and "duplicate key" in error_of(body), (path, body[:300])
+    assert_still_serving(served)
+
+
 def test_metrics_port_serves_get_metrics_only(served: Served, tmp_path: Path) -> None:
     address = f"127.0.0.1:{served.server.metrics_port}"
     form = tmp_path / "form.json"

@@ -1,0 +1,82 @@
+"""gateway/manifest.py reads what utils/write_manifest.py writes (every kind: single texts, pairs, multi-label),
+refuses a missing or malformed manifest with a message naming the file and the fix, and finds the repository in
+tritonserver's arguments. No server: the reader is plain file parsing."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from gateway import manifest
+
+sys.path.insert(0, str(ROOT / "utils"))
+from write_manifest import manifest as written  # noqa: E402
+
+KINDS = {
+    "single": dict(labels=["a", "b"], function="softmax", pipeline_function="softmax"),
+    "pair_reranker": dict(labels=["LABEL_0"], function="sigmoid", pipeline_function="sigmoid", text_pair=True),
+    "multi_label": dict(labels=["x", "y", "z"], function="sigmoid", pipeline_function="sigmoid",
+                        label_threshold=0.45, triton_release="26.07"),
+}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_reads_what_make_triton_image_writes(kind: str, tmp_path: Path) -> None:
+    data = written("ensemble_model", max_batch_size=4, max_sequence_length=128, **KINDS[kind])
+    (tmp_path / manifest.FILE_NAME).write_text(json.dumps(data), encoding="utf-8")
+    facts = manifest.load(tmp_path)
+    assert facts.labels == tuple(data["labels"]) and facts.max_batch_size == 4 and facts.max_sequence_length == 128
+    assert facts.takes_pairs == (kind == "pair_reranker") and facts.is_reranker == (kind == "pair_reranker")
+    assert facts.label_threshold == data["label_threshold"] and facts.string_outputs == tuple(data["string_outputs"])
+
+
+BROKEN = {
+    "not_json": ("{", "is not valid JSON"),
+    "a_list": ("[]", "not a JSON object"),
+    "old_format": (json.dumps({"format": 0}), "format 0 is not 1"),
+    "bad_function": (None, "'function_to_apply' is 'tanh'"),
+    "labels_not_strings": (None, "'labels' must be a list of strings"),
+    "batch_a_string": (None, "'max_batch_size' has the wrong type"),
+    "missing_member": (None, "member 'ensemble' is missing"),
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_malformed_manifest_names_the_file_and_the_fix(case: str, tmp_path: Path) -> None:
+    text, expected = BROKEN[case]
+    if text is None:
+        data = written("ensemble_model", labels=["a", "b"], max_batch_size=4, function="softmax",
+                       pipeline_function="softmax", max_sequence_length=64)
+        if case == "bad_function":
+            data["function_to_apply"] = "tanh"
+        elif case == "labels_not_strings":
+            data["labels"] = [0, 1]
+        elif case == "batch_a_string":
+            data["max_batch_size"] = "4"
+        else:
+            del data["ensemble"]
+        text = json.dumps(data)
+    (tmp_path / manifest.FILE_NAME).write_text(text, encoding="utf-8")
+    with pytest.raises(manifest.ManifestError) as raised:
+        manifest.load(tmp_path)
+    assert expected in str(raised.value) and str(tmp_path / manifest.FILE_NAME) in str(raised.value)
+    assert "make_triton_image.sh" in str(raised.value)
+
+
+def test_a_missing_manifest_names_the_file_and_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(manifest.ManifestError, match="does not exist.*make_triton_image.sh"):
+        manifest.load(tmp_path)
+
+
+@pytest.mark.parametrize("command, expected", [
+    (["tritonserver", "--model-repository=/models"], Path("/models")),
+    (["tritonserver", "--log-verbose=1", "--model-repository", "/m"], Path("/m")),
+    (["tritonserver", "--model-store=/old"], Path("/old")),
+    (["tritonserver"], None),
+    (["tritonserver", "--model-repository=/a", "--model-repository=/b"], None),  # two: no single manifest
+])
+def test_the_repository_is_found_in_tritonservers_arguments(command: list[str], expected: Path | None) -> None:
+    assert manifest.repository_of(command) == expected
