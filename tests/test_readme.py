@@ -1,8 +1,12 @@
-"""The README's own commands and snippets, taken from README.md as they are written (never copied here): the
-English quick start's steps run in a fresh clone and end with a clean `git status` after ./cleanup.sh; every
-directory the examples write to lies in build/ and cannot be taken by a model's name; the Python snippets (HTTP
-and gRPC) answer against the real local Triton with decoded labels, as PyTorch does; each kind of model in
-"Виды моделей" converts, builds and serves by its commands, and its curl answers as the HF pipeline does."""
+"""The documentation's own commands and snippets, taken from README.md, docs/**/*.md and the Helm chart's README as
+they are written (never copied here): the README's flow runs in a fresh clone and ends with a clean `git status`
+after ./cleanup.sh, and the English quick start shows the same flow; every directory the examples write to lies in
+build/ and cannot be taken by a model's name; the Python snippets (HTTP and gRPC) answer against the real local
+Triton with decoded labels, as PyTorch does; each kind of model in docs/models.md converts, builds and serves by
+its commands, and its curl answers as the HF pipeline does; docs/image.md's builds (NGC, offline from a
+wheelhouse, the demo model on the stand-in) assemble as written, their wheelhouses for the base's Python; the
+metrics page's command shows the series it promises. Every command of every bash block in those files is run
+here or listed in ELSEWHERE with where it runs instead or why it cannot run here."""
 from __future__ import annotations
 
 import ast
@@ -10,25 +14,38 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
+import time
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, Artifacts, make_image
+from conftest import ROOT, Artifacts, http, make_image
 from local_triton import LocalTriton
 from reference import expected_outputs, labels_of, pipeline_answers, pytorch_probabilities
 from tiny_models import BUILDERS
 
 README = ROOT / "README.md"
+ENGLISH = Path("docs") / "en" / "quickstart.md"  # relative: read in ROOT or in a fresh clone
+MODELS = Path("docs") / "models.md"
+IMAGE = Path("docs") / "image.md"
+METRICS = Path("docs") / "metrics.md"
+STANDIN_SCRIPT = ROOT / "docker" / "standin" / "build_standin.sh"
 NO_DOCKER_ENGINE = "unix:///nonexistent/docker.sock"  # `docker info` fails: make_triton_image.sh builds no image
 
 
 def code_blocks(language: str, readme: Path = README) -> list[str]:
     """The README's fenced code blocks in `language`, in order."""
     return re.findall(rf"^```{language}\n(.*?)^```", readme.read_text(encoding="utf-8"), re.S | re.M)
+
+
+def documents(root: Path = ROOT) -> list[Path]:
+    """Every file of the documentation: the README, docs/ and the Helm chart's README."""
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md")),
+            root / "deploy" / "helm" / "tritoned-bert" / "README.md"]
 
 
 def commands(block: str) -> list[list[str]]:
@@ -43,11 +60,60 @@ def commands(block: str) -> list[list[str]]:
     return found
 
 
+def page_commands(page: Path) -> list[list[str]]:
+    """The commands of every bash block of a page, in order."""
+    return [command for block in code_blocks("bash", page) for command in commands(block)]
+
+
 def own_model_steps(readme: Path) -> list[list[str]]:
-    """The English quick start's "your own model" block: checkpoint -> conversion -> image -> serving -> cleanup."""
+    """A page's "your own model" block: checkpoint -> conversion -> image -> serving -> cleanup."""
     blocks = [block for block in code_blocks("bash", readme) if "path/to/checkpoint" in block and "./cleanup.sh" in block]
-    assert len(blocks) == 1, f"expected one README block with the whole flow, found {len(blocks)}"
+    assert len(blocks) == 1, f"expected one block with the whole flow in {readme}, found {len(blocks)}"
     return commands(blocks[0])
+
+
+# Commands shown in the documentation that this module does not run: where they run instead, or why they cannot
+# run here. A pattern matches the command's words joined by spaces; every entry must still match a shown command.
+ELSEWHERE: dict[str, str] = {
+    r"\./quickstart\.sh": "fine-tunes the demo model for about 9 minutes; tests/test_build_demo_model.py runs its "
+                          "fine-tuning for two steps, the rest of it (convert, assemble, serve) runs here",
+    r"\./run_tests\.sh": "the test suite itself",
+    r"curl -s -X POST http://localhost:8000/v2/models/ensemble_model/infer .*": "the README's curl: "
+        "tests/test_end_to_end.py, tests/test_container.py and tests/test_helm_pod.py run it as written",
+    r"docker run --rm --shm-size=256m -p8000:8000 -p8001:8001 -p8002:8002 ensemble_model:latest":
+        "tests/test_container.py runs the README's docker run line on the image it builds with --standin --wheelhouse",
+    r"docker run --rm --shm-size=256m -e TRITONED_ADMIN_KEY .*": "tests/test_container.py runs the README's docker "
+        "run line with -e TRITONED_ADMIN_KEY",
+    r"docker run --rm --shm-size=256m -p8000:8000 -p8001:8001 -p8002:8002 (my_intents|intents):v1": "runs the image "
+        "the command before it builds: needs a Docker engine (and NGC for my_intents:v1); tests/test_container.py "
+        "runs the same line on its stand-in image",
+    r"curl -s -X POST http://localhost:8000/v2/models/intents/infer -H .*": "talks to the container of the line "
+        "before; the same request to the served intents model is docs/models.md's first curl, run here",
+    r"helm install .*": "no cluster here: tests/test_helm_chart.py renders every helm install of README.md and of "
+                        "the chart's README with its --set values, validates and scans what it makes",
+    r"kubectl .*": "needs a Kubernetes cluster; tests/test_helm_chart.py checks that the objects named "
+                   "(deployment/..., service/...) are the ones helm install makes",
+    r"docker (tag|push) .*registry\.example\.com.*": "needs a container registry",
+    r"\.venv/bin/python utils/convert_to_onnx\.py --model [0-9a-f]{32} --model-storage clearml .*":
+        "needs a ClearML server holding that model; tests/test_storage_clearml.py converts a model id and a task's "
+        "artifact the same way from a ClearML-compatible server on 127.0.0.1",
+    r"\./bench/run\.sh --quantized --fused": "the full benchmark (about 6.5 minutes); tests/test_bench.py runs "
+                                             "bench/run.sh --quick --quantized on a tiny model",
+    r"export TRITONED_ADMIN_KEY=\$\(openssl rand -hex 16\)": "tests/test_lockdown.py::"
+        "test_local_admin_key_opens_the_restricted_apis serves with a TRITONED_ADMIN_KEY and opens the restricted APIs",
+    r"curl -H tritoned-admin-key: \$TRITONED_ADMIN_KEY localhost:8000/v2/logging": "tests/test_lockdown.py::"
+        "test_local_admin_key_opens_the_restricted_apis sends this header to /v2/logging",
+    r"\S+ .*\[[a-z_-]+\].*": "a usage line: the brackets mark optional arguments",
+    r"\./cleanup\.sh --all": "removes .venv, which the tests run from; tests/test_cleanup.py runs ./cleanup.sh",
+}
+
+
+def listed(command: list[str]) -> str | None:
+    """Why a shown command is not run here (ELSEWHERE), or None."""
+    line = " ".join(command)
+    reasons = [reason for pattern, reason in ELSEWHERE.items() if re.fullmatch(pattern, line)]
+    assert len(reasons) <= 1, f"more than one ELSEWHERE entry matches {line}"
+    return reasons[0] if reasons else None
 
 
 def git(repo: Path, *args: str) -> str:
@@ -76,8 +142,8 @@ def test_the_readme_flow_in_a_fresh_clone_ends_with_a_clean_git_status(fresh_clo
     for command in own_model_steps(fresh_clone / "README.md"):
         command = [str(checkpoint) if word == "path/to/checkpoint" else word for word in command]
         script = command[1] if command[0].endswith("python") else command[0]
-        if script == "docker":
-            continue  # runs the image the step before would build; Docker builds are tested in test_container.py
+        if listed(command):
+            continue  # docker run: the image the step before would build; see ELSEWHERE
         if script == "./serve_local.sh":
             (target,) = command[1:]
             server = LocalTriton(repository=target, log=tmp_path / "serve.log", checkout=fresh_clone,
@@ -99,13 +165,22 @@ def test_the_readme_flow_in_a_fresh_clone_ends_with_a_clean_git_status(fresh_clo
     assert git(fresh_clone, "status", "--porcelain", "--ignored") == "!! .venv\n", "cleanup.sh left files behind"
 
 
+def test_the_english_quick_start_shows_the_readme_flow_and_curl() -> None:
+    """The English quick start is its own page: the same flow as the README's, which the test above runs, and the
+    README's curl, which tests/test_end_to_end.py runs."""
+    assert own_model_steps(ROOT / ENGLISH) == own_model_steps(README)
+    curls = [command for command in page_commands(ROOT / ENGLISH) if command[0] == "curl"]
+    readme_curl = next(command for command in page_commands(README) if command[0] == "curl")
+    assert curls and all(curl == readme_curl for curl in curls), curls
+
+
 def test_every_example_writes_under_build_where_no_model_name_can_land() -> None:
-    """The directories the README's commands write (--output-dir, pip download -d, the converter output that
+    """The directories the documentation's commands write (--output-dir, pip download -d, the converter output that
     make_triton_image.sh reads) lie in build/, which cleanup.sh removes; and make_triton_image.sh refuses a
     MODEL_NAME equal to one of them, whose build/MODEL_NAME/ would replace it."""
     written = set()
-    for block in code_blocks("bash"):
-        for command in commands(block):
+    for page in documents():
+        for command in page_commands(page):
             pip_download = command[0].endswith("pip") and command[1] == "download"
             for option in ("--output-dir", "--wheelhouse") + (("-d",) if pip_download else ()):
                 if option in command:
@@ -121,18 +196,15 @@ def test_every_example_writes_under_build_where_no_model_name_can_land() -> None
 
 # ------------------------------------------------------------------------------------------ the kinds of models
 
-# Each block of "Виды моделей" names its artifacts build/artifacts/<kind>; the tiny model that stands in for the
+# Each block of docs/models.md names its artifacts build/artifacts/<kind>; the tiny model that stands in for the
 # user's checkpoint. The intents block converts the demo model (build/demo/hf): a tiny single-label one here.
 KIND_MODELS = {"intents": "bert", "toxicity": "multi_label", "nli": "nli_bert", "reranker": "reranker"}
 
 
-def kind_blocks(readme: Path = README) -> dict[str, list[list[str]]]:
-    """The commands of each bash block in the README's section on kinds of models, by kind."""
-    text = readme.read_text(encoding="utf-8")
-    section = text[text.index("\n## Виды моделей"):]
-    section = section[:section.index("\n## ", 1)]
+def kind_blocks(page: Path = ROOT / MODELS) -> dict[str, list[list[str]]]:
+    """The commands of each bash block of the page on kinds of models, by kind."""
     blocks = {}
-    for block in re.findall(r"^```bash\n(.*?)^```", section, re.S | re.M):
+    for block in code_blocks("bash", page):
         steps = commands(block)
         blocks[re.search(r"build/artifacts/(\w+)", " ".join(steps[0])).group(1)] = steps
     return blocks
@@ -164,7 +236,7 @@ def test_each_kind_is_converted_built_served_and_answers_like_the_pipeline(fresh
     within 1e-4, top-k strings of the classification extension in the pipeline's order."""
     checkpoint = BUILDERS[KIND_MODELS[kind]](tmp_path / kind)
     env = {key: value for key, value in os.environ.items() if not key.startswith("TRITONED_")}
-    steps = kind_blocks(fresh_clone / "README.md")[kind]
+    steps = kind_blocks(fresh_clone / MODELS)[kind]
     convert, build, serve, *curls = steps
     assert curls and [step[0] for step in curls] == ["curl"] * len(curls), steps
     for command in (convert, build):
@@ -240,7 +312,8 @@ def snippet_texts(code: str) -> list[str]:
                                              ("tritonclient.grpc", "localhost:8001")])
 def test_python_snippet_prints_decoded_labels_like_pytorch(served, module: str, address: str) -> None:
     artifacts, server = served
-    (code,) = [block for block in code_blocks("python") if f"import numpy as np, {module} " in block]
+    (code,) = [block for page in documents() for block in code_blocks("python", page)
+               if f"import numpy as np, {module} " in block]
     assert address in code, f"the {module} snippet does not talk to {address}"
     url = server.http_url if address.endswith("8000") else server.grpc_url
     result = subprocess.run([sys.executable, "-c", code.replace(address, url)], capture_output=True, text=True,
@@ -256,3 +329,122 @@ def test_python_snippet_prints_decoded_labels_like_pytorch(served, module: str, 
     assert [label for label, _ in printed] == labels_of(expected, artifacts.labels()), result.stdout
     for (_, score), row in zip(printed, expected):
         assert abs(float(score) - row.max()) <= 6e-4, (score, row)  # printed rounded to 3 decimals
+
+
+# ------------------------------------------------------------------------------------------ the image page
+
+def wheel_fits(filename: str, version: str) -> bool:
+    """Whether a wheel installs on CPython `version` (major.minor), by its Python and ABI tags."""
+    python_tags, abi_tags = (part.split(".") for part in filename[:-len(".whl")].split("-")[-3:-1])
+    cpython = int(version.replace(".", ""))
+    for tag in python_tags:
+        if tag in ("py3", "py2.py3") or tag == f"cp{cpython}":
+            return True
+        if tag.startswith("cp3") and "abi3" in abi_tags and int(tag[2:]) <= cpython:
+            return True
+    return False
+
+
+def model_name(command: list[str]) -> str:
+    """MODEL_NAME of a make_triton_image.sh command line (its fourth positional argument)."""
+    positional = []
+    words = iter(command[1:])
+    for word in words:
+        if word == "--wheelhouse":
+            next(words)
+        elif not word.startswith("-"):
+            positional.append(word)
+    return positional[3] if len(positional) > 3 else "ensemble_model"
+
+
+def test_the_image_page_assembles_every_build_as_written(fresh_clone: Path, tiny_artifacts, tmp_path: Path) -> None:
+    """docs/image.md's commands in order, in a fresh clone where no Docker engine answers; a tiny converted model
+    stands in for the converter's output (build/artifacts) and the quick start's (build/demo/onnx). Each pip download
+    fills its wheelhouse with wheels for the Python it names, each make_triton_image.sh assembles its repository and
+    says that no image was built (exit 3), a wheelhouse is used only after it was filled, one given with --standin
+    was filled for the stand-in's Python (docker/standin/build_standin.sh), and ./cleanup.sh leaves a clean tree."""
+    artifacts = tiny_artifacts("bert")
+    for target in ("build/artifacts", "build/demo/onnx"):
+        shutil.copytree(artifacts.out_dir, fresh_clone / target)
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TRITONED_")}
+    env["DOCKER_HOST"] = NO_DOCKER_ENGINE
+    standin_python = re.search(r'^PYTHON_VERSION="([0-9.]+)"', STANDIN_SCRIPT.read_text(), re.M).group(1)
+    wheelhouses: dict[str, str] = {}
+    ran: list[str] = []
+    for command in page_commands(fresh_clone / IMAGE):
+        if listed(command):
+            continue
+        result = subprocess.run(command, cwd=fresh_clone, env=env, capture_output=True, text=True, timeout=900)
+        if command[0].endswith("pip") and command[1] == "download":
+            assert result.returncode == 0, (command, result.stderr[-3000:])
+            dest, version = command[command.index("-d") + 1], command[command.index("--python-version") + 1]
+            wheels = sorted(path.name for path in (fresh_clone / dest).glob("*.whl"))
+            assert wheels and all(wheel_fits(wheel, version) for wheel in wheels), (version, wheels)
+            wheelhouses[os.path.normpath(dest)] = version
+        elif command[0] == "./make_triton_image.sh":
+            if "--wheelhouse" in command:
+                dest = os.path.normpath(command[command.index("--wheelhouse") + 1])
+                assert dest in wheelhouses, f"{command}: the page uses a wheelhouse it did not fill"
+                if "--standin" in command:
+                    assert wheelhouses[dest] == standin_python, \
+                        f"{command}: wheels for Python {wheelhouses[dest]}, the stand-in has {standin_python}"
+            assert result.returncode == 3 and "no image was built" in result.stderr, (command, result.stderr[-3000:])
+            assert (fresh_clone / "build" / model_name(command) / "context" / "model_repository").is_dir()
+        elif command == ["./cleanup.sh"]:
+            assert result.returncode == 0, result.stderr
+            assert git(fresh_clone, "status", "--porcelain", "--ignored") == "!! .venv\n", "cleanup.sh left files"
+        else:
+            raise AssertionError(f"docs/image.md shows a command this test does not run: {command}")
+        ran.append(command[0].rsplit("/", 1)[-1])
+    assert sorted(set(ran)) == ["cleanup.sh", "make_triton_image.sh", "pip"], ran
+    assert standin_python in wheelhouses.values(), "the page shows no wheelhouse for the stand-in"
+
+
+# ------------------------------------------------------------------------------------------ the metrics page
+
+def test_the_metrics_page_command_shows_the_nonzero_series(served) -> None:
+    """docs/metrics.md's command, after one request as in the quick start: only tritoned_ series, no buckets, no
+    zeros, and the ones the page shows for one text."""
+    _, server = served
+    (block,) = code_blocks("bash", ROOT / METRICS)
+    (line,) = [line for line in block.splitlines() if line.strip()]
+    body = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1, 1], "data": ["помогите мне"]}]}
+    status, answer = http(server.http_url, "POST", "/v2/models/ensemble_model/infer", body)
+    assert status == 200, answer
+    deadline = time.monotonic() + 10  # the models send their metrics to Triton once a second
+    while True:
+        result = subprocess.run(["bash", "-c", line.replace("localhost:8002", server.metrics_url)],
+                                capture_output=True, text=True, timeout=30)
+        shown = result.stdout.splitlines()
+        if any(row.startswith("tritoned_texts_tokenized_total{") for row in shown) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert shown and all(row.startswith("tritoned_") and "_bucket" not in row and not row.endswith(" 0")
+                         for row in shown), result.stdout
+    for series in ("tritoned_texts_tokenized_total{", "tritoned_label_predictions_total{", "tritoned_top_score_count{",
+                   "tritoned_text_length_tokens_count{"):
+        assert any(row.startswith(series) for row in shown), (series, result.stdout)
+
+
+# ------------------------------------------------------------------------------------------ every command shown
+
+def commands_run_here(root: Path = ROOT) -> set[tuple[str, ...]]:
+    """The commands this module's tests run: the README's flow, each kind's block, the image and metrics pages'."""
+    kinds = [step for steps in kind_blocks(root / MODELS).values() for step in steps]
+    run = [*own_model_steps(root / "README.md"), *kinds, *page_commands(root / IMAGE), *page_commands(root / METRICS)]
+    return {tuple(command) for command in run if not listed(command)}
+
+
+def test_every_command_shown_is_run_here_or_listed_with_a_reason() -> None:
+    """Each command of each bash block of the README, docs/ and the chart's README is run by this module or named in
+    ELSEWHERE (run by another test, or not runnable here and why); no ELSEWHERE entry outlives its command; and
+    the only Python blocks are the two client snippets run above."""
+    run_here = commands_run_here()
+    shown = [(page.relative_to(ROOT), command) for page in documents() for command in page_commands(page)]
+    unaccounted = [f"{page}: {' '.join(command)}" for page, command in shown
+                   if tuple(command) not in run_here and not listed(command)]
+    assert not unaccounted, "commands neither run nor listed in ELSEWHERE:\n" + "\n".join(unaccounted)
+    stale = [pattern for pattern in ELSEWHERE if not any(re.fullmatch(pattern, " ".join(c)) for _, c in shown)]
+    assert not stale, f"ELSEWHERE entries no page shows any more: {stale}"
+    snippets = [block for page in documents() for block in code_blocks("python", page)]
+    assert len(snippets) == 2 and all("import numpy as np, tritonclient." in block for block in snippets), snippets
