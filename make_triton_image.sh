@@ -278,6 +278,7 @@ assemble() {
   mv "$repo/tritoned_metrics.py" "$repo/text_preprocessing/1/"
   mkdir -p "$repo/$MODEL_NAME/1" "$repo/model_onnx/1"  # git keeps no empty version directories
   cp "$model" "$repo/model_onnx/1/model.onnx"
+  cp "$ROOT/backends/onnxruntime/model.py" "$repo/model_onnx/1/model.py"  # model_onnx's backend, everywhere
   cp "$id2label" "$repo/post_processing/1/id2label.json"
   "$python" "$ROOT/utils/label_file.py" "$id2label" "$repo/post_processing/labels.txt" "$repo/$MODEL_NAME/labels.txt" \
     || die "could not write the label files from $id2label"

@@ -1,9 +1,8 @@
 """An ONNX Runtime backend for Triton, written in Python.
 
-Triton loads it as the Python-based backend "onnxruntime" when it lies at
-`<backend-directory>/onnxruntime/model.py` and no native `libtriton_onnxruntime.so` is there. A model
-with `backend: "onnxruntime"` therefore runs unchanged here (local serving, the stand-in image) and on
-Triton's native ONNX Runtime backend in the NGC image.
+make_triton_image.sh copies it to model_onnx/1/model.py: model_onnx is a Python backend model (`backend:
+"python"`) beside its 1/model.onnx, locally and in every image. It also runs as the Python-based backend
+"onnxruntime" when it lies at `<backend-directory>/onnxruntime/model.py` (the stand-in base image has it there).
 
 It honours the native backend's config: `default_model_filename` (default model.onnx) and the
 parameters `intra_op_thread_count` / `inter_op_thread_count`. Requests that arrive together (dynamic
@@ -117,6 +116,8 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         filename = config.get("default_model_filename") or DEFAULT_MODEL_FILENAME
+        if filename.endswith(".py"):  # served as a Python backend model: this file is model.py, the model beside it
+            filename = DEFAULT_MODEL_FILENAME
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model file not found: {path}")
