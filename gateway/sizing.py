@@ -35,6 +35,8 @@ ROUND_UP_FROM = 0.75
 # One ONNX Runtime session scales well up to about this many threads for a batch of short texts; beyond it a second
 # instance (process) serves more texts per second than more threads in one.
 MAX_THREADS_PER_SESSION = 8
+# Two instances: one computes while the other is between runs (docs/sizing.md).
+MIN_MODEL_INSTANCES = 2
 # One tokenizer instance keeps up with this many cores of model work (a short text: ~0.4 ms of tokenizer CPU
 # against 3-14 ms of model CPU).
 CPUS_PER_TOKENIZER = 8
@@ -248,18 +250,21 @@ class BuildSizing:
 def policy(cpus: int, model_batching: bool = True) -> Sizes:
     """The sizes for `cpus` CPUs.
 
-    model_onnx batches requests (fp32): as few instances as keep each session within MAX_THREADS_PER_SESSION
-    threads, the CPUs shared out among them. A lone text then runs on all the threads of one session, and under load
-    the dynamic batcher hands each session a batch of the queued texts, which its threads share.
+    model_onnx batches requests (fp32): at least two instances, each with one thread per CPU up to
+    MAX_THREADS_PER_SESSION, so that together they have a thread for every CPU. A lone text runs on all the threads
+    of one instance; under load the dynamic batcher hands each instance a batch of the queued texts and the two
+    share the CPUs, one computing while the other is in Python (padding, tensors in and out): measured on 2 CPUs,
+    2 x 2 threads served more texts/s at 16 and 64 in flight than 1 x 2 or 2 x 1, at the p50 of 1 x 2 for a lone
+    text (docs/sizing.md). ONNX Runtime's threads do not spin, so an idle instance's threads cost nothing.
     model_onnx may not batch (a dynamically quantized model: its answers would depend on its neighbours): one
     single-thread instance per CPU, the most texts per second when every run holds one request.
     """
     tokenizers = max(1, math.ceil(cpus / CPUS_PER_TOKENIZER))
     if not model_batching:
         return Sizes(model_instances=cpus, ort_threads=1, preprocessing_instances=tokenizers, batch_delay_us=0)
-    instances = max(1, math.ceil(cpus / MAX_THREADS_PER_SESSION))
-    return Sizes(model_instances=instances, ort_threads=max(1, cpus // instances),
-                 preprocessing_instances=tokenizers, batch_delay_us=0)
+    threads = min(cpus, MAX_THREADS_PER_SESSION)
+    instances = max(MIN_MODEL_INSTANCES, math.ceil(cpus / threads))
+    return Sizes(model_instances=instances, ort_threads=threads, preprocessing_instances=tokenizers, batch_delay_us=0)
 
 
 def choose(report: CpuReport, build: BuildSizing) -> tuple[Sizes, str]:

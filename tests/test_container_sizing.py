@@ -55,11 +55,11 @@ def test_start_log_and_served_config_show_the_sizes(containers: dict[str, Contai
     assert f"CPUs found: {found} (" in text, text[-4000:]
     assert "cpu.max: " in text or "cfs quota: " in text, text[-4000:]  # the cgroup quota docker run set
     assert f"sized for {cpus} CPU(s)" in text, text[-4000:]
-    assert f"model_onnx 1 instance(s) x {cpus} ONNX Runtime thread(s)" in text, text[-4000:]
+    assert f"model_onnx 2 instance(s) x {cpus} ONNX Runtime thread(s)" in text, text[-4000:]
     status, body = http(container.url(8000), "GET", "/v2/models/model_onnx/config")
     assert status == 200, body
     config = json.loads(body)
-    assert [group["count"] for group in config["instance_group"]] == [1]
+    assert [group["count"] for group in config["instance_group"]] == [2]
     assert config["parameters"]["intra_op_thread_count"]["string_value"] == str(cpus)
     assert config["max_batch_size"] >= 64 and "dynamic_batching" in config
     assert all(tensor.get("allow_ragged_batch") for tensor in config["input"])

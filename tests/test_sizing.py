@@ -133,7 +133,7 @@ def test_a_real_process_under_taskset() -> None:
     assert any(s["source"] == "sched_getaffinity" and s["cpus"] == 1 for s in one["sources"])
     assert one["sizes"]["ort_threads"] == 1
     assert everything["cpus"] == min(len(ALL_CPUS), everything["found"])
-    assert everything["sizes"]["ort_threads"] * everything["sizes"]["model_instances"] <= everything["cpus"]
+    assert everything["sizes"]["ort_threads"] == min(everything["cpus"], sizing.MAX_THREADS_PER_SESSION)
     overridden = json.loads(run_sizing(cpus=ALL_CPUS[:1], env={"TRITONED_CPUS": "3"}).stdout)
     assert (overridden["found"], overridden["cpus"], overridden["sizes"]["ort_threads"]) == (1, 3, 3)
     bad = run_sizing(env={"TRITONED_CPUS": "many"})
@@ -141,11 +141,12 @@ def test_a_real_process_under_taskset() -> None:
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 8, 12, 16, 64])
-def test_policy_uses_every_cpu_and_no_more(cpus: int) -> None:
+def test_policy_gives_a_lone_text_many_threads_and_every_cpu_a_thread(cpus: int) -> None:
     batched = sizing.policy(cpus)
-    assert batched.model_instances * batched.ort_threads <= cpus
-    assert batched.model_instances * batched.ort_threads > cpus - batched.model_instances
-    assert batched.ort_threads <= sizing.MAX_THREADS_PER_SESSION
+    assert batched.ort_threads == min(cpus, sizing.MAX_THREADS_PER_SESSION)
+    assert batched.model_instances >= 2  # one computes while the other is between runs
+    assert batched.model_instances * batched.ort_threads >= cpus
+    assert (batched.model_instances - 1) * batched.ort_threads < max(cpus, 2 * batched.ort_threads)
     assert batched.preprocessing_instances >= 1
     alone = sizing.policy(cpus, model_batching=False)  # a quantized model: one request per run
     assert (alone.model_instances, alone.ort_threads) == (cpus, 1)
@@ -163,7 +164,7 @@ def test_build_options_win_over_auto_and_the_override_over_both(tmp_path: Path) 
     assert "fixed at build time: model_instances=3" in how
     overridden = sizing.CpuReport(cpus.findings, override=2)
     sizes, how = sizing.choose(overridden, build)
-    assert (sizes.model_instances, sizes.ort_threads) == (1, 2) and "TRITONED_CPUS" in how
+    assert (sizes.model_instances, sizes.ort_threads) == (2, 2) and "TRITONED_CPUS" in how
 
 
 @pytest.mark.parametrize("content", ['{"format": 2}', "[]", "not json", '{"format": 1, "model_instances": 0}',
