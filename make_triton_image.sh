@@ -54,7 +54,7 @@ Options:
   --wheelhouse DIR         install the serving requirements offline from the wheels in DIR
                            (made with: pip download -r requirements-serving.txt -d DIR
                             --only-binary=:all: --python-version 3.10 --platform manylinux2014_x86_64)
-  --preprocessing-instances N  tokenizer instances (processes)                       (default: auto)
+  --preprocessing-instances N  tokenizer instances (processes)             (default: auto)
   --model-instances N      ONNX Runtime instances (processes), each runs one batch at a time
                                                                             (default: auto)
   --ort-threads N          ONNX Runtime intra-op threads per instance, 0 = one per core
@@ -62,11 +62,11 @@ Options:
   --batch-delay-us N       how long the dynamic batchers wait for more requests to join a batch
                                                                             (default: auto)
                            auto: sized when the server starts, from the CPUs it may use (cgroup
-                           CPU quota, CPU affinity; docs/sizing.md): model requests of any lengths
-                           are batched together and each batch runs on all the threads of one
-                           ONNX Runtime session. A number given here is kept at every start;
-                           docker run -e TRITONED_CPUS=N (serve_local.sh --cpus N) sizes for N
-                           CPUs instead, over these options too.
+                           CPU quota, CPU affinity; docs/sizing.md): a lone text runs on every
+                           core, and under load the model's requests of any lengths are batched
+                           together on two or more instances. A number given here is kept at
+                           every start; docker run -e TRITONED_CPUS=N (serve_local.sh --cpus N)
+                           sizes for N CPUs instead, over these options too.
   --no-model-metrics       no tritoned_* metrics on the metrics port (Triton's own nv_* stay;
                            see the README's metrics section)
   -h, --help               this help
