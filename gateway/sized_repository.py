@@ -88,8 +88,14 @@ def render(source: Path, sizes: Sizes, base: Path | None = None) -> Path:
                 (model_dir / item.name).symlink_to(item.resolve())
         text = config.read_text(encoding="utf-8")
         (model_dir / "config.pbtxt").write_text(sized_config(entry.name, text, sizes, str(config)), encoding="utf-8")
-    atexit.register(shutil.rmtree, target, True)
+    atexit.register(_remove_if_owner, target, os.getpid())
     return target
+
+
+def _remove_if_owner(target: Path, owner: int) -> None:
+    """At exit: only the process that made it removes it (a forked child inherits the atexit hook)."""
+    if os.getpid() == owner:
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def _repository_argument(args: list[str]) -> tuple[int, Path] | None:
