@@ -55,7 +55,8 @@ class Gateway:
         self.health = Health()
         self.ports = tritonserver.InternalPorts.pick()
         self.triton = tritonserver.TritonProcess(
-            tritonserver.command(settings.tritonserver, self.ports, admin_key, settings.triton_exit_timeout_s))
+            tritonserver.command(tritonserver.sized(settings.tritonserver), self.ports, admin_key,
+                                 settings.triton_exit_timeout_s))
         budget = BodyBudget(settings.limits.max_bytes_in_flight, small=settings.limits.body_overhead_bytes)
         self.http = HttpFront(self.ports.http, settings.limits, self.health, budget)
         self.http.find_repository(settings.tritonserver)  # tritoned.json, for the HF and TEI APIs (issue 22)
@@ -233,6 +234,6 @@ def main(settings: Settings) -> int:
         key = lockdown.admin_key()
         gateway = Gateway(settings, key)
         return gateway.run()
-    except (lockdown.UnfitKey, tritonserver.ForbiddenOption, UsageError) as error:
+    except (lockdown.UnfitKey, tritonserver.ForbiddenOption, tritonserver.SizingError, UsageError) as error:
         print(f"gateway: {error}", file=sys.stderr)
         return 2
