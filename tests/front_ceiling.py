@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import signal
@@ -150,9 +151,11 @@ async def _connection(port: int, request: bytes, stop_at: float, counts: list[in
     writer.close()
 
 
-async def _load(port: int, connections: int, seconds: float) -> int:
-    request = (f"POST /v2/models/echo/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-               f"Content-Length: {len(BODY)}\r\n\r\n").encode() + BODY
+async def load(port: int, connections: int, seconds: float, model: str = "echo", body: bytes = BODY) -> int:
+    """Requests answered with 200 in `seconds`, from `connections` keep-alive connections, each sending its next
+    request when the last answer arrived."""
+    request = (f"POST /v2/models/{model}/infer HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
     counts = [0]
     stop_at = time.monotonic() + seconds
     await asyncio.gather(*(_connection(port, request, stop_at, counts) for _ in range(connections)))
@@ -167,14 +170,15 @@ def upstream_executable(directory: Path) -> Path:
     return script
 
 
-def start_gateway(workers: int, log: Path) -> tuple[subprocess.Popen, int]:
+def start_gateway(workers: int, log: Path, checkout: Path = ROOT) -> tuple[subprocess.Popen, int]:
+    """The gateway of `checkout` with `workers` workers (0: a checkout from before workers existed, run as is)."""
     http, grpc_port, metrics = free_ports(3)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "FRONT_CEILING_UPSTREAMS": str(workers)}
+    env = {**os.environ, "PYTHONPATH": str(checkout), "FRONT_CEILING_UPSTREAMS": str(max(1, workers))}
     command = [sys.executable, "-m", "gateway", "--host", "127.0.0.1", "--http-port", str(http), "--grpc-port",
-               str(grpc_port), "--metrics-port", str(metrics), "--workers", str(workers), "--",
-               str(upstream_executable(log.parent))]
+               str(grpc_port), "--metrics-port", str(metrics), *(["--workers", str(workers)] if workers else []),
+               "--", str(upstream_executable(log.parent))]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=checkout,
                                    start_new_session=True)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
@@ -191,6 +195,16 @@ def start_gateway(workers: int, log: Path) -> tuple[subprocess.Popen, int]:
     raise SystemExit(f"the gateway was not ready in 60 s:\n{log.read_text()[-3000:]}")
 
 
+def start_served(workers: int, log: Path, repository: Path, checkout: Path = ROOT) -> tuple[subprocess.Popen, int]:
+    """serve_local.sh of `checkout` on an assembled repository: the real tritonserver behind the gateway."""
+    sys.path.insert(0, str(ROOT))
+    from bench.local_server import LocalServer
+    server = LocalServer(repository=repository, log=log, checkout=checkout, build_dir=repository.parent.parent.parent,
+                         env={"TRITONED_WORKERS": str(workers)} if workers else {}).start()
+    assert server.process is not None
+    return server.process, server.http_port
+
+
 def measure(args: argparse.Namespace) -> None:
     try:
         import uvloop
@@ -199,18 +213,26 @@ def measure(args: argparse.Namespace) -> None:
         pass
     logs = Path(args.logs)
     logs.mkdir(parents=True, exist_ok=True)
-    servers = {w: start_gateway(w, logs / f"gateway-{w}.log") for w in args.workers}
-    results: dict[int, list[tuple[float, float]]] = {w: [] for w in args.workers}
+    model, body = "echo", BODY
+    if args.model_repository:
+        model = "ensemble_model"
+        start = functools.partial(start_served, repository=args.model_repository.resolve())
+    else:
+        start = start_gateway
+    servers = {f"{w} worker(s)": start(w, logs / f"gateway-{w}.log") for w in args.workers}
+    if args.baseline:
+        servers[f"baseline {args.baseline.name}"] = start(0, logs / "gateway-baseline.log", checkout=args.baseline)
+    results: dict[str, list[tuple[float, float]]] = {name: [] for name in servers}
     try:
         for round_ in range(args.rounds):
-            for workers, (process, port) in servers.items():
+            for name, (process, port) in servers.items():
                 pids = gateway_pids(process.pid)
-                asyncio.run(_load(port, args.connections, 1.0))  # warm up
+                asyncio.run(load(port, args.connections, 1.0, model, body))  # warm up
                 before, started = cpu_seconds(pids), time.monotonic()
-                done = asyncio.run(_load(port, args.connections, args.seconds))
+                done = asyncio.run(load(port, args.connections, args.seconds, model, body))
                 wall, cpu = time.monotonic() - started, cpu_seconds(pids) - before
-                results[workers].append((done / wall, cpu / done * 1000))
-                print(f"round {round_ + 1}, {workers} worker(s): {done / wall:,.0f} requests/s, gateway CPU "
+                results[name].append((done / wall, cpu / done * 1000))
+                print(f"round {round_ + 1}, {name}: {done / wall:,.0f} requests/s, gateway CPU "
                       f"{cpu / done * 1000:.3f} ms/request", flush=True)
     finally:
         for process, _ in servers.values():
@@ -218,9 +240,9 @@ def measure(args: argparse.Namespace) -> None:
         for process, _ in servers.values():
             process.wait(30)
     print(f"\n{os.cpu_count()} CPUs here; load, upstream and gateway share them. Median of {args.rounds} rounds:")
-    for workers, rows in results.items():
+    for name, rows in results.items():
         rates, costs = sorted(r for r, _ in rows), sorted(c for _, c in rows)
-        print(f"  {workers} worker(s): {rates[len(rates) // 2]:,.0f} requests/s, gateway CPU "
+        print(f"  {name}: {rates[len(rates) // 2]:,.0f} requests/s, gateway CPU "
               f"{costs[len(costs) // 2]:.3f} ms/request")
 
 
@@ -236,6 +258,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--seconds", type=float, default=5.0, help="length of one round")
     parser.add_argument("--connections", type=int, default=32, help="keep-alive connections of the load")
+    parser.add_argument("--baseline", type=Path, help="also a checkout from before the workers (its gateway as is)")
+    parser.add_argument("--model-repository", type=Path,
+                        help="serve this assembled repository (build/NAME/context/model_repository, model "
+                             "ensemble_model) with the real tritonserver instead of the stand-in upstream")
     parser.add_argument("--logs", default="build/front_ceiling", help="directory of the gateways' logs")
     measure(parser.parse_args())
 
