@@ -142,7 +142,7 @@ class Gateway:
             pool.stop()  # workers still running (no drain: a failure) end as their control pipe closes
             await metrics_runner.cleanup()
             await upstream.close()
-            await self._stop_triton(reaping)
+            await self._stop_triton(reaping, supervisor.generation)
         return status
 
     def _on_signal(self, signum: int) -> None:
@@ -199,7 +199,7 @@ class Gateway:
         self.health.set(Phase.STOPPING, "drained")
         return 0
 
-    async def _stop_triton(self, reaping: asyncio.Future) -> None:
+    async def _stop_triton(self, reaping: asyncio.Future, recoveries: int) -> None:
         if self.triton.returncode is not None:
             return
         self.triton.signal(signal.SIGTERM)
@@ -209,7 +209,18 @@ class Gateway:
             log.warning("tritonserver did not exit within %ds: killing it", self.settings.triton_exit_timeout_s + 5)
             self.triton.signal(signal.SIGKILL)
             await reaping
-        log.info("tritonserver %s", self.triton.describe_exit())
+        if self.triton.returncode == 0:
+            log.info("tritonserver %s", self.triton.describe_exit())
+        elif recoveries:
+            # Triton's own log says "failed to stop server: ... Exit timeout expired" just before.
+            log.warning("tritonserver %s when stopped: its exit timeout (%ds) ran out while it was still unloading "
+                        "the model version whose backend process was killed earlier (Triton 2.51 never finishes "
+                        "unloading such a version; the supervisor had loaded a new one). Nothing was in flight: "
+                        "this is not a failure of the server, and the gateway's own exit status says how it ended",
+                        self.triton.describe_exit(), self.settings.triton_exit_timeout_s)
+        else:
+            log.warning("tritonserver %s when stopped (its log above says why); every request accepted had been "
+                        "answered", self.triton.describe_exit())
 
     def _banner(self, catalog: Catalog | None) -> None:
         host = "localhost" if self.settings.host in ("0.0.0.0", "::", "") else self.settings.host

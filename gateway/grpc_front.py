@@ -130,7 +130,8 @@ class GrpcFront:
             try:
                 raw = await asyncio.wait_for(context.read(), timeout)
             except asyncio.TimeoutError:
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, f"the request did not arrive within {timeout:g}s")
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"the request did not arrive within {timeout:g}s")
             if raw is grpc.aio.EOF:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ModelInfer without a request message")
             try:

@@ -243,7 +243,12 @@ class HttpFront:
             return b"".join(chunks)
 
         try:
-            body = await asyncio.wait_for(read(), self.limits.request_timeout_s)
+            if request.content.is_eof():  # the whole body came with the headers (small requests): no timer, no task
+                body = request.content.read_nowait(-1)
+                if len(body) > limit:
+                    raise checks.too_large("the request body", limit)
+            else:
+                body = await asyncio.wait_for(read(), self.limits.request_timeout_s)
         except asyncio.TimeoutError:
             raise Rejected(408, "DEADLINE_EXCEEDED",
                            f"the request body did not arrive within {self.limits.request_timeout_s:g}s") from None
