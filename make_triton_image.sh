@@ -54,23 +54,19 @@ Options:
   --wheelhouse DIR         install the serving requirements offline from the wheels in DIR
                            (made with: pip download -r requirements-serving.txt -d DIR
                             --only-binary=:all: --python-version 3.10 --platform manylinux2014_x86_64)
-  --preprocessing-instances N  tokenizer instances                         (default: 1)
-                           a text costs ~0.3 ms of tokenizer CPU: one instance keeps up
+  --preprocessing-instances N  tokenizer instances (processes)                       (default: auto)
   --model-instances N      ONNX Runtime instances (processes), each runs one batch at a time
-                                                                            (default: 2)
-  --ort-threads N          ONNX Runtime intra-op threads per instance, 0 = one per core (default: 1)
-                           Give instances x threads = cores. The defaults suit 2 cores, where
-                           2 single-thread instances serve 1.45x (short texts) / 1.1x (256-token
-                           texts) the texts/s of 1 instance x 2 threads at 16 requests in flight:
-                           no thread hand-offs, and one instance computes while the other's text
-                           is in transit. The price is latency at low load: a lone text runs on
-                           one core (p50 short texts +2 ms, 256-token texts 1.4x). Latency-first:
-                           --model-instances 1 --ort-threads 0. (ONNX Runtime's thread spinning
-                           stays off: spinning threads would take the cores the others need.)
-  --batch-delay-us N       how long the dynamic batchers wait to fill a batch (default: 0)
-                           Each request is padded to its own length, so model_onnx batches only
-                           equal-length requests; a delay adds up to 3 x N us to every request
-                           at low load and gained nothing measurable at 16 requests in flight.
+                                                                            (default: auto)
+  --ort-threads N          ONNX Runtime intra-op threads per instance, 0 = one per core
+                                                                            (default: auto)
+  --batch-delay-us N       how long the dynamic batchers wait for more requests to join a batch
+                                                                            (default: auto)
+                           auto: sized when the server starts, from the CPUs it may use (cgroup
+                           CPU quota, CPU affinity; docs/sizing.md): model requests of any lengths
+                           are batched together and each batch runs on all the threads of one
+                           ONNX Runtime session. A number given here is kept at every start;
+                           docker run -e TRITONED_CPUS=N (serve_local.sh --cpus N) sizes for N
+                           CPUs instead, over these options too.
   --no-model-metrics       no tritoned_* metrics on the metrics port (Triton's own nv_* stay;
                            see the README's metrics section)
   -h, --help               this help
@@ -92,7 +88,8 @@ FUNCTION=""
 THRESHOLD=""
 DEFAULT_THRESHOLD="0.5"
 POSITIONAL=()
-export PREPROCESSING_INSTANCES=1 MODEL_INSTANCES=2 ORT_INTRA_OP_THREADS=1 BATCH_DELAY_US=0  # see --help; bench/
+# Sizing options: a number, or auto (sized at start by gateway/sizing.py; see export_sizing).
+SIZE_PREPROCESSING_INSTANCES=auto SIZE_MODEL_INSTANCES=auto SIZE_ORT_THREADS=auto SIZE_BATCH_DELAY_US=auto
 export MODEL_METRICS=true  # --no-model-metrics: false
 
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"; }
@@ -109,10 +106,10 @@ parse_args() {
       --base-image) need_value "$@"; BASE_IMAGE="$2"; shift ;;
       --standin) STANDIN=1 ;;
       --wheelhouse) need_value "$@"; WHEELHOUSE="$2"; shift ;;
-      --preprocessing-instances) need_value "$@"; PREPROCESSING_INSTANCES="$2"; shift ;;
-      --model-instances) need_value "$@"; MODEL_INSTANCES="$2"; shift ;;
-      --ort-threads) need_value "$@"; ORT_INTRA_OP_THREADS="$2"; shift ;;
-      --batch-delay-us) need_value "$@"; BATCH_DELAY_US="$2"; shift ;;
+      --preprocessing-instances) need_value "$@"; SIZE_PREPROCESSING_INSTANCES="$2"; shift ;;
+      --model-instances) need_value "$@"; SIZE_MODEL_INSTANCES="$2"; shift ;;
+      --ort-threads) need_value "$@"; SIZE_ORT_THREADS="$2"; shift ;;
+      --batch-delay-us) need_value "$@"; SIZE_BATCH_DELAY_US="$2"; shift ;;
       --no-model-metrics) MODEL_METRICS=false ;;
       --) shift; POSITIONAL+=("$@"); break ;;
       -*) die "unknown option: $1 (see --help)" ;;
@@ -131,6 +128,10 @@ check_int() {
   if [[ ! "$value" =~ ^[0-9]+$ ]] || (( 10#$value < min )); then
     die "$what must be an integer >= $min, got '$value'"
   fi
+}
+
+check_size() {
+  [[ "$2" == auto ]] || check_int "$1" "$2" "$3"
 }
 
 check_function() {
@@ -223,10 +224,11 @@ export_text_pair_snippets() {
 
 export_token_type_ids_snippets() {
   local tensor='  ,{ name: "token_type_ids", data_type: TYPE_INT64, dims: [ -1 ] }'
+  local ragged='  ,{ name: "token_type_ids", data_type: TYPE_INT64, dims: [ -1 ], allow_ragged_batch: true }'
   export_snippets "$HAS_TOKEN_TYPE_IDS" \
     'ENSEMBLE_TOKEN_TYPE_IDS_OUTPUT_MAP=      output_map { key: "token_type_ids" value: "token_type_ids" }' \
     'ENSEMBLE_TOKEN_TYPE_IDS_INPUT_MAP=      input_map { key: "token_type_ids" value: "token_type_ids" }' \
-    "PREPROCESSING_TOKEN_TYPE_IDS_OUTPUT=$tensor" "MODEL_TOKEN_TYPE_IDS_INPUT=$tensor"
+    "PREPROCESSING_TOKEN_TYPE_IDS_OUTPUT=$tensor" "MODEL_TOKEN_TYPE_IDS_INPUT=$ragged"
 }
 
 # Dynamic int8 quantization picks its activation scale per run: batched with other requests, a text's
@@ -237,6 +239,31 @@ export_model_batching() {
   else
     export MODEL_DYNAMIC_BATCHING="dynamic_batching { max_queue_delay_microseconds: $BATCH_DELAY_US }"
   fi
+}
+
+# The sizes the configs are rendered with: the options' numbers, and for auto the values that suit any machine
+# when served as they are (one instance, ONNX Runtime's one thread per core): the gateway renders the sized copy
+# at start (gateway/sizing.py, gateway/sized_repository.py) from sizing.json.
+export_sizing() {
+  export PREPROCESSING_INSTANCES="${SIZE_PREPROCESSING_INSTANCES/#auto/1}"
+  export MODEL_INSTANCES="${SIZE_MODEL_INSTANCES/#auto/1}"
+  export ORT_INTRA_OP_THREADS="${SIZE_ORT_THREADS/#auto/0}"
+  export BATCH_DELAY_US="${SIZE_BATCH_DELAY_US/#auto/0}"
+  # model_onnx's dynamic batcher may join the texts of this many client requests into one run.
+  export INTERNAL_MAX_BATCH_SIZE=$(( MAX_BATCH_SIZE > 64 ? MAX_BATCH_SIZE : 64 ))
+}
+
+# sizing.json at the repository's root: which sizes the build fixed and whether model_onnx may batch requests.
+write_sizing_file() {
+  local repo="$1" value name json="" batching=true
+  [[ "$QUANTIZED" != 1 ]] || batching=false
+  for name in preprocessing_instances:"$SIZE_PREPROCESSING_INSTANCES" model_instances:"$SIZE_MODEL_INSTANCES" \
+              ort_threads:"$SIZE_ORT_THREADS" batch_delay_us:"$SIZE_BATCH_DELAY_US"; do
+    value="${name#*:}"
+    if [[ "$value" == auto ]]; then value='"auto"'; else value="$((10#$value))"; fi
+    json+="  \"${name%%:*}\": $value,"$'\n'
+  done
+  printf '{\n  "format": 1,\n%s  "model_batching": %s\n}\n' "$json" "$batching" > "$repo/sizing.json"
 }
 
 # Build the whole context in a fresh directory; it replaces build/MODEL_NAME only when complete.
@@ -251,6 +278,7 @@ assemble() {
   mv "$repo/tritoned_metrics.py" "$repo/text_preprocessing/1/"
   mkdir -p "$repo/$MODEL_NAME/1" "$repo/model_onnx/1"  # git keeps no empty version directories
   cp "$model" "$repo/model_onnx/1/model.onnx"
+  cp "$ROOT/backends/onnxruntime/model.py" "$repo/model_onnx/1/model.py"  # model_onnx's backend, everywhere
   cp "$id2label" "$repo/post_processing/1/id2label.json"
   "$python" "$ROOT/utils/label_file.py" "$id2label" "$repo/post_processing/labels.txt" "$repo/$MODEL_NAME/labels.txt" \
     || die "could not write the label files from $id2label"
@@ -262,6 +290,7 @@ assemble() {
   done
   find "$repo" -name '__pycache__' -prune -exec rm -rf {} +
   "$ROOT/process_template.sh" "$repo"
+  write_sizing_file "$repo"
   cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$ROOT/docker/serve_image.sh" "$ROOT/docker/healthcheck" \
      "$staging/context/"
   mkdir -p "$staging/context/gateway"
@@ -330,10 +359,10 @@ main() {
   check_model_name "$MODEL_NAME"
   check_tag "$tag"
   check_int MAX_BATCH_SIZE "$MAX_BATCH_SIZE" 1
-  check_int --preprocessing-instances "$PREPROCESSING_INSTANCES" 1
-  check_int --model-instances "$MODEL_INSTANCES" 1
-  check_int --ort-threads "$ORT_INTRA_OP_THREADS" 0
-  check_int --batch-delay-us "$BATCH_DELAY_US" 0
+  check_size --preprocessing-instances "$SIZE_PREPROCESSING_INSTANCES" 1
+  check_size --model-instances "$SIZE_MODEL_INSTANCES" 1
+  check_size --ort-threads "$SIZE_ORT_THREADS" 0
+  check_size --batch-delay-us "$SIZE_BATCH_DELAY_US" 0
   check_function "$FUNCTION"
   check_threshold "$THRESHOLD"
   if [[ -n "$WHEELHOUSE" ]]; then
@@ -346,6 +375,7 @@ main() {
   export_head_settings
   export_text_pair_snippets
   export_token_type_ids_snippets
+  export_sizing
   export_model_batching
 
   mkdir -p "$BUILD_ROOT"

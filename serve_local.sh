@@ -21,6 +21,9 @@ Options:
   --http-port N        HTTP/REST port                           (default: 8000)
   --grpc-port N        gRPC port                                (default: 8001)
   --metrics-port N     Prometheus metrics port                  (default: 8002)
+  --cpus N             size the server for N CPUs: model instances, ONNX Runtime threads, tokenizer
+                       instances (default: the CPUs this process may use: cgroup quota, CPU
+                       affinity; the same as TRITONED_CPUS=N; see docs/sizing.md)
   -h, --help           this help
 
 tritonserver runs behind the gateway (python -m gateway --help: limits, health, drain), with the same
@@ -57,6 +60,8 @@ parse_args() {
       --http-port) need_value "$@"; HTTP_PORT="$2"; shift ;;
       --grpc-port) need_value "$@"; GRPC_PORT="$2"; shift ;;
       --metrics-port) need_value "$@"; METRICS_PORT="$2"; shift ;;
+      --cpus) need_value "$@"; [[ "$2" =~ ^[1-9][0-9]*$ ]] || die "--cpus must be a whole number >= 1, got '$2'"
+              export TRITONED_CPUS="$2"; shift ;;
       --) shift; EXTRA_ARGS=("$@"); break ;;
       -*) die "unknown option: $1 (see --help)" ;;
       *) [[ "$target_set" == 0 ]] || die "one MODEL_NAME or REPOSITORY_DIR only (see --help)"

@@ -54,7 +54,8 @@ class Gateway:
         self.health = Health()
         self.ports = tritonserver.InternalPorts.pick()
         self.triton = tritonserver.TritonProcess(
-            tritonserver.command(settings.tritonserver, self.ports, admin_key, settings.triton_exit_timeout_s))
+            tritonserver.command(tritonserver.sized(settings.tritonserver), self.ports, admin_key,
+                                 settings.triton_exit_timeout_s))
         self.workers = worker_count(settings.workers)
         self.pool: WorkerPool | None = None
         self.stop_requested: asyncio.Event | None = None
@@ -245,6 +246,6 @@ def main(settings: Settings) -> int:
         key = lockdown.admin_key()
         gateway = Gateway(settings, key)
         return gateway.run()
-    except (lockdown.UnfitKey, tritonserver.ForbiddenOption, UsageError) as error:
+    except (lockdown.UnfitKey, tritonserver.ForbiddenOption, tritonserver.SizingError, UsageError) as error:
         print(f"gateway: {error}", file=sys.stderr)
         return 2

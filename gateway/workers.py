@@ -32,21 +32,13 @@ from . import lockdown
 from .catalog import Catalog, Model, Tensor
 from .health import Health, Phase
 from .settings import Limits, Settings
+from .sizing import available_cpus
 
 log = logging.getLogger("tritoned.workers")
 CPUS_PER_WORKER = 4  # the front needs a small share of the CPU next to the models: one worker per 4 CPUs
 MAX_RESTARTS = 5
 RESTART_WINDOW_S = 60.0
 PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-
-
-def available_cpus() -> int:
-    """CPUs this server may use (gateway/sizing.py when present: affinity and cgroup quota)."""
-    try:
-        from .sizing import available_cpus as sized  # type: ignore[attr-defined]
-    except ImportError:
-        return len(os.sched_getaffinity(0))
-    return int(sized())
 
 
 def worker_count(requested: int) -> int:

@@ -159,11 +159,10 @@ def infer_concurrently(served: Served, texts: list[str]) -> dict[str, tuple[int,
 
 
 def test_64_concurrent_requests_are_batched_and_right(served: Served) -> None:
-    """Mixed texts: the tokenizer and the post-processing batch them all. model_onnx gets each request padded to
-    its own length (no padding waste on CPU), so its batcher only combines requests of equal length: checked
-    in the next test."""
-    counts = infer_concurrently(served, [TEXTS[i % 4] for i in range(64)])
-    for model in ("text_preprocessing", "post_processing"):
+    """Mixed lengths: every model batches them, model_onnx too (allow_ragged_batch: its backend pads the texts of a
+    batch by length buckets); each answer is still the pipeline's, whatever its neighbours."""
+    counts = infer_concurrently(served, [TEXTS[i % len(TEXTS)] for i in range(64)])
+    for model in BATCHED_MODELS:
         inferences, executions = counts[model]
         assert inferences == 64, (model, counts)
         assert executions <= inferences / 2, f"{model}: dynamic batching did not combine requests: {counts}"
@@ -174,3 +173,28 @@ def test_64_concurrent_requests_of_equal_length_are_batched_by_the_model(served:
     inferences, executions = counts["model_onnx"]
     assert inferences == 64, counts
     assert executions <= inferences / 2, f"model_onnx: dynamic batching did not combine requests: {counts}"
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_concurrent_requests_of_every_size_and_length_keep_their_answers(served: Served, protocol: str) -> None:
+    """Requests of 1 to max_batch_size texts of mixed lengths (each request's own padding, the long text truncated),
+    all in flight at once over one protocol: each text's answer equals the pipeline's (a batch padded by the backend
+    must not change any text's logits) and comes back in its request's order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[TEXTS[(start + k) % len(TEXTS)] for k in range(size)] for start in range(len(TEXTS))
+               for size in (1, 2, 3, 4)]
+
+    def one(texts: list[str]):
+        if protocol == "http":
+            client = httpclient.InferenceServerClient(served.server.http_url)
+            return decoded(http_infer(client, texts))
+        client = grpcclient.InferenceServerClient(served.server.grpc_url)
+        inp = grpcclient.InferInput("text_input", [len(texts), 1], "BYTES")
+        inp.set_data_from_numpy(np.array([[t.encode()] for t in texts], dtype=np.object_))
+        return decoded(client.infer(MODEL_NAME, [inp]))
+
+    with ThreadPoolExecutor(max_workers=len(batches)) as pool:
+        answers = list(pool.map(one, batches))
+    for texts, answer in zip(batches, answers):
+        served.check(texts, *answer)

@@ -239,12 +239,29 @@ def test_admin_key_rules_match_the_entrypoints(key: str) -> None:
     ({"shm": {"sizeLimit": "lots"}}, "shm/sizeLimit"),
     ({"containerSecurityContext": {"allowPrivilegeEscalation": True}}, "allowPrivilegeEscalation"),
     ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
+    ({"resources": {"limits": {"cpu": None}}}, "cpu"),
+    ({"resources": {"limits": {"cpu": "lots", "memory": "1Gi"}}}, "limits/cpu"),
 ])
 def test_bad_values_are_refused_with_a_message_that_names_them(values: dict, message: str) -> None:
     import helm_python as helm
 
     with pytest.raises((helm.HelmValuesError, helm.HelmRenderError), match=re.escape(message)):
         render(values)
+
+
+@pytest.mark.parametrize(("resources", "request_cpu"), [
+    ({"limits": {"cpu": "6", "memory": "2Gi"}}, "6"),
+    ({"limits": {"cpu": "1500m", "memory": "2Gi"}}, "1500m"),
+    ({"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "4", "memory": "2Gi"}}, "1"),
+])
+def test_the_cpu_limit_is_the_one_number_to_set(resources: dict, request_cpu: str) -> None:
+    """The server sizes itself from the container's CPU quota (limits.cpu; tests/test_helm_pod.py sees it do so):
+    the chart asks for no instance or thread counts, and requests.cpu follows the limit unless set."""
+    container = server_container(pod_spec_of(workload(render({"resources": resources}))))
+    assert container["resources"]["limits"]["cpu"] == resources["limits"]["cpu"]
+    assert container["resources"]["requests"]["cpu"] == request_cpu
+    values = re.sub(r"#.*", "", (CHART / "values.yaml").read_text())  # the settings, not their comments
+    assert not re.search(r"instances|ort.?threads|TRITONED_CPUS", values, re.I), "the chart asks for sizes again"
 
 
 def test_helm_lint_is_clean_for_every_variant(all_variants: dict[str, dict]) -> None:

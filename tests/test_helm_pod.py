@@ -176,6 +176,11 @@ def test_pod_runs_under_the_charts_security_settings(pod: Pod, pod_spec: dict, c
     limits = container_spec["resources"]["limits"]
     assert host["ReadonlyRootfs"] and host["Memory"] == int(quantity(limits["memory"]))
     assert host["NanoCpus"] == int(quantity(limits["cpu"]) * 1e9)
+    # The CPU limit alone sizes the server (gateway/sizing.py reads the quota it becomes).
+    cpus = max(1, int(quantity(limits["cpu"]) + 0.25))
+    full = docker("logs", pod.name, check=False)
+    log = full.stdout + full.stderr
+    assert f"sized for {cpus} CPU(s)" in log and f"x {cpus} ONNX Runtime thread(s)" in log, log[-3000:]
 
 
 def test_writable_paths_are_the_charts_emptydirs(pod: Pod, pod_spec: dict, container_spec: dict) -> None:

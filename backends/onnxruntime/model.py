@@ -1,20 +1,22 @@
 """An ONNX Runtime backend for Triton, written in Python.
 
-Triton loads it as the Python-based backend "onnxruntime" when it lies at
-`<backend-directory>/onnxruntime/model.py` and no native `libtriton_onnxruntime.so` is there. A model
-with `backend: "onnxruntime"` therefore runs unchanged here (local serving, the stand-in image) and on
-Triton's native ONNX Runtime backend in the NGC image.
+make_triton_image.sh copies it to model_onnx/1/model.py: model_onnx is a Python backend model (`backend:
+"python"`) beside its 1/model.onnx, locally and in every image. It also runs as the Python-based backend
+"onnxruntime" when it lies at `<backend-directory>/onnxruntime/model.py` (the stand-in base image has it there).
 
 It honours the native backend's config: `default_model_filename` (default model.onnx) and the
 parameters `intra_op_thread_count` / `inter_op_thread_count`. Requests that arrive together (dynamic
-batching) and share a shape are concatenated into one `session.run`; if that run fails, the requests are
-run one by one, so only the request that caused the failure gets an error.
+batching, with `allow_ragged_batch` on the inputs: requests of any lengths) are run together, which the native
+backend cannot do: every text is cut to its attention mask's length, the texts are sorted by length and run in
+buckets of similar lengths, each padded to its longest. A lone request runs as it came. If a run fails, the
+requests are run one by one, so only the request that caused the failure gets an error.
 """
 from __future__ import annotations
 
 import json
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +24,63 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 DEFAULT_MODEL_FILENAME = "model.onnx"
+MASK = "attention_mask"
+# A bucket of texts is padded to its longest: a text this much longer than the bucket's shortest
+# (x BUCKET_GROWTH + BUCKET_SLACK tokens) starts a new one (one more run costs less than that much padding).
+BUCKET_GROWTH = 1.5
+BUCKET_SLACK = 8
+
+
+@dataclass(frozen=True)
+class Row:
+    order: int  # position among all the texts of the call, in request order
+    length: int  # up to and including the last token the attention mask keeps
+    values: tuple[np.ndarray, ...]  # one 1-D array per input, cut to length
+
+
+def ragged_rows(members: list[tuple[int, list[np.ndarray]]], mask_position: int) -> list[Row]:
+    """Every text of every request, cut to its attention mask's length, sorted by length (stable)."""
+    rows = []
+    for _, arrays in members:
+        shapes = {array.shape for array in arrays}
+        if len(shapes) != 1 or arrays[0].ndim != 2:
+            raise ValueError(f"inputs of one request must share one [batch, length] shape, got {sorted(shapes)}")
+        mask = arrays[mask_position]
+        kept = mask != 0
+        lengths = np.where(kept.any(axis=1), mask.shape[1] - np.argmax(kept[:, ::-1], axis=1), 1)
+        for row, length in enumerate(lengths):
+            rows.append(Row(len(rows), int(length), tuple(array[row, :length] for array in arrays)))
+    return sorted(rows, key=lambda row: row.length)
+
+
+def pad_values(members: list[tuple[int, list[np.ndarray]]], mask_position: int, count: int) -> list[int]:
+    """Per input, the value it already pads with (the tokenizer's pad id for input_ids), 0 where none is seen."""
+    pads = [0] * count
+    for _, arrays in members:
+        padded = arrays[mask_position] == 0
+        if padded.any():
+            return [int(array[padded][0]) if position != mask_position else 0 for position, array in enumerate(arrays)]
+    return pads
+
+
+def buckets(lengths: list[int]) -> list[list[int]]:
+    """Indices of the (sorted) lengths in runs of similar length."""
+    groups: list[list[int]] = []
+    for index, length in enumerate(lengths):
+        if groups and length <= lengths[groups[-1][0]] * BUCKET_GROWTH + BUCKET_SLACK:
+            groups[-1].append(index)
+        else:
+            groups.append([index])
+    return groups
+
+
+def pad_bucket(rows: list[Row], position: int, pad: int) -> np.ndarray:
+    longest = max(row.length for row in rows)
+    first = rows[0].values[position]
+    out = np.full((len(rows), longest), pad, dtype=first.dtype)
+    for line, row in enumerate(rows):
+        out[line, :row.length] = row.values[position]
+    return out
 
 
 def int_parameter(config: dict[str, Any], key: str, default: int) -> int:
@@ -57,6 +116,8 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         filename = config.get("default_model_filename") or DEFAULT_MODEL_FILENAME
+        if filename.endswith(".py"):  # served as a Python backend model: this file is model.py, the model beside it
+            filename = DEFAULT_MODEL_FILENAME
         path = os.path.join(args["model_repository"], args["model_version"], filename)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model file not found: {path}")
@@ -64,17 +125,51 @@ class TritonPythonModel:
         check_io(self.session, config, path)
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
+        self.mask_position = self.input_names.index(MASK) if MASK in self.input_names else None
 
     def execute(self, requests: list[Any]) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
-        groups: dict[tuple, list[tuple[int, list[np.ndarray]]]] = defaultdict(list)
+        members = []
         for index, request in enumerate(requests):
             arrays = [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]
-            groups[tuple(array.shape[1:] for array in arrays)].append((index, arrays))
-
-        for members in groups.values():
-            self._respond(members, responses)
+            members.append((index, arrays))
+        if len(members) == 1 or self.mask_position is None:
+            # One request (always so without dynamic batching): run it as it came. Several without an attention
+            # mask: only requests of one shape can share a run.
+            groups: dict[tuple, list[tuple[int, list[np.ndarray]]]] = defaultdict(list)
+            for member in members:
+                groups[tuple(array.shape[1:] for array in member[1])].append(member)
+            for group in groups.values():
+                self._respond(group, responses)
+            return responses
+        self._respond_ragged(members, responses)
         return responses
+
+    def _respond_ragged(self, members: list[tuple[int, list[np.ndarray]]], responses: list[Any]) -> None:
+        """Requests of any lengths (allow_ragged_batch): every text is cut to its attention mask's length, the texts
+        sorted by length and run in buckets of similar lengths, each padded to its longest (padding is masked out:
+        a text's logits do not depend on its bucket beyond float rounding)."""
+        try:
+            rows = ragged_rows(members, self.mask_position)
+            pads = pad_values(members, self.mask_position, len(self.input_names))
+            results = []  # per bucket; the buckets are consecutive runs of the sorted texts
+            for bucket in buckets([row.length for row in rows]):
+                feed = {name: pad_bucket([rows[i] for i in bucket], position, pads[position])
+                        for position, name in enumerate(self.input_names)}
+                results.append(self.session.run(self.output_names, feed))
+            outputs = [np.concatenate(parts) for parts in zip(*results)]
+        except Exception:  # one bad request must not take the others down: each runs alone
+            for member in members:
+                self._respond([member], responses)
+            return
+        order = np.argsort([row.order for row in rows], kind="stable")
+        start = 0
+        for index, arrays in members:
+            end = start + len(arrays[0])
+            picked = order[start:end]
+            tensors = [pb_utils.Tensor(name, output[picked]) for name, output in zip(self.output_names, outputs)]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+            start = end
 
     def _respond(self, members: list[tuple[int, list[np.ndarray]]], responses: list[Any]) -> None:
         """Run one shape group; if it fails, run its requests one by one so that only the bad one fails."""

@@ -137,8 +137,12 @@ lifecycle:
   preStop:
     exec:
       command: ["sleep", "{{ .Values.lifecycle.preStopSleepSeconds }}"]
+{{- /* limits.cpu is the one CPU number: requests.cpu follows it unless set; the server sizes itself from it. */}}
 resources:
-  {{- toYaml .Values.resources | nindent 2 }}
+  requests:
+    {{- toYaml (merge (deepCopy .Values.resources.requests) (dict "cpu" .Values.resources.limits.cpu)) | nindent 4 }}
+  limits:
+    {{- toYaml .Values.resources.limits | nindent 4 }}
 securityContext:
   {{- toYaml .Values.containerSecurityContext | nindent 2 }}
 volumeMounts:

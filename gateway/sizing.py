@@ -1,0 +1,298 @@
+"""How many CPUs the server may use, and how the model repository is sized for them (standard library only).
+
+The CPUs: the smallest of the cgroup v2 quota (cpu.max), the cgroup v1 CFS quota (cpu.cfs_quota_us /
+cpu.cfs_period_us), each read for this process's cgroup and its ancestors, and the CPUs this process may run on
+(sched_getaffinity). A fractional quota counts a core from 0.75 of one up (2.8 -> 3, 2.5 -> 2; never below 1): a
+thread beyond the quota is throttled for the rest of each CFS period. TRITONED_CPUS (serve_local.sh --cpus,
+docker run -e TRITONED_CPUS=N) overrides what is found.
+
+The sizes (policy()): model instances, ONNX Runtime intra-op threads per instance, tokenizer instances and the
+dynamic batchers' delay. The repository's sizing.json (written by make_triton_image.sh) says which of them the
+build fixed; the others are "auto" and come from the CPUs. TRITONED_CPUS overrides the build's numbers too.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping
+
+log = logging.getLogger("tritoned.sizing")
+
+CPUS_ENV = "TRITONED_CPUS"
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROC_SELF_CGROUP = Path("/proc/self/cgroup")
+# The file make_triton_image.sh writes at the root of the repository: which sizes the build fixed.
+SIZING_FILE = "sizing.json"
+SIZING_FORMAT = 1
+AUTO = "auto"
+# A fraction of a CPU from this much up counts as a whole one.
+ROUND_UP_FROM = 0.75
+# One ONNX Runtime session scales well up to about this many threads for a batch of short texts; beyond it a second
+# instance (process) serves more texts per second than more threads in one.
+MAX_THREADS_PER_SESSION = 8
+# One tokenizer instance keeps up with this many cores of model work (a short text: ~0.4 ms of tokenizer CPU
+# against 3-14 ms of model CPU).
+CPUS_PER_TOKENIZER = 8
+
+
+class SizingError(ValueError):
+    """A bad TRITONED_CPUS or sizing.json: the message names it and the fix."""
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One source of a CPU limit: its name, the limit it sets (None: no limit) and what was read."""
+    source: str
+    cpus: float | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class CpuReport:
+    findings: tuple[Finding, ...]
+    override: int | None = None
+
+    @property
+    def found(self) -> int:
+        """The CPUs the sources allow (the smallest limit, rounded; at least 1)."""
+        limits = [f.cpus for f in self.findings if f.cpus is not None]
+        return round_cpus(min(limits)) if limits else 1
+
+    @property
+    def cpus(self) -> int:
+        return self.override if self.override is not None else self.found
+
+    def describe(self) -> str:
+        parts = [f"{f.source}: {f.detail}" for f in self.findings]
+        text = f"CPUs found: {self.found} ({'; '.join(parts)})"
+        if self.override is not None:
+            text += f"; {CPUS_ENV}={self.override} overrides it"
+        return text
+
+
+def round_cpus(cpus: float) -> int:
+    whole = math.floor(cpus)
+    if cpus - whole >= ROUND_UP_FROM:
+        whole += 1
+    return max(1, whole)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _cgroup_paths(proc_self_cgroup: Path) -> tuple[str | None, str | None]:
+    """(the v2 path, the v1 cpu controller's path) of this process, from /proc/self/cgroup."""
+    v2 = v1 = None
+    for line in (_read(proc_self_cgroup) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        _, controllers, path = parts
+        if controllers == "":
+            v2 = path
+        elif "cpu" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _candidates(base: Path, path: str | None) -> list[Path]:
+    """base/path and its ancestors up to base; base itself when path is unknown or not mounted there (a container
+    sees its own cgroup at the mount's root while /proc/self/cgroup may show the host's path)."""
+    found: list[Path] = []
+    if path:
+        current = base / path.strip("/")
+        if current.is_dir():
+            while True:
+                found.append(current)
+                if current == base or base not in current.parents:
+                    break
+                current = current.parent
+    if not found:
+        found.append(base)
+    return found
+
+
+def cgroup_v2_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> Finding:
+    path, _ = _cgroup_paths(proc_self_cgroup)
+    if not (root / "cgroup.controllers").is_file() and (root / "unified").is_dir():
+        root = root / "unified"  # the hybrid layout: v1 controllers at the root, v2 under unified/
+    limits: list[tuple[float, Path, str]] = []
+    for directory in _candidates(root, path):
+        text = _read(directory / "cpu.max")
+        if text is None:
+            continue
+        fields = text.split()
+        if len(fields) == 2 and fields[0] != "max":
+            try:
+                quota, period = int(fields[0]), int(fields[1])
+            except ValueError:
+                continue
+            if quota > 0 and period > 0:
+                limits.append((quota / period, directory, text))
+    if not limits:
+        return Finding("cgroup v2 cpu.max", None, "no quota")
+    cpus, directory, text = min(limits)
+    return Finding("cgroup v2 cpu.max", cpus, f"{cpus:g} ('{text}' in {directory / 'cpu.max'})")
+
+
+def cgroup_v1_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> Finding:
+    _, path = _cgroup_paths(proc_self_cgroup)
+    limits: list[tuple[float, Path, str]] = []
+    for mount in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        base = root / mount
+        if not base.is_dir():
+            continue
+        for directory in _candidates(base, path):
+            quota, period = _read(directory / "cpu.cfs_quota_us"), _read(directory / "cpu.cfs_period_us")
+            try:
+                quota_us, period_us = int(quota or ""), int(period or "")
+            except ValueError:
+                continue
+            if quota_us > 0 and period_us > 0:
+                limits.append((quota_us / period_us, directory, f"{quota_us}/{period_us}"))
+        break
+    if not limits:
+        return Finding("cgroup v1 cfs quota", None, "no quota")
+    cpus, directory, text = min(limits)
+    return Finding("cgroup v1 cfs quota", cpus, f"{cpus:g} ({text} us in {directory})")
+
+
+def affinity_limit(affinity: set[int] | None = None) -> Finding:
+    if affinity is None:
+        try:
+            affinity = os.sched_getaffinity(0)
+        except (AttributeError, OSError):
+            count = os.cpu_count() or 1
+            return Finding("cpu count", float(count), str(count))
+    return Finding("sched_getaffinity", float(len(affinity)), f"{len(affinity)} CPU(s)")
+
+
+def parse_override(environ: Mapping[str, str]) -> int | None:
+    value = environ.get(CPUS_ENV, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise SizingError(f"{CPUS_ENV}={value!r} is not a whole number of CPUs >= 1 (e.g. {CPUS_ENV}=4; unset it to "
+                          f"size from the cgroup quota and CPU affinity)")
+    return int(value)
+
+
+def find_cpus(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP, affinity: set[int] | None = None,
+              environ: Mapping[str, str] | None = None) -> CpuReport:
+    """Every source, and the TRITONED_CPUS override. The arguments point it at other files (tests)."""
+    findings = (cgroup_v2_limit(root, proc_self_cgroup), cgroup_v1_limit(root, proc_self_cgroup),
+                affinity_limit(affinity))
+    return CpuReport(findings, parse_override(os.environ if environ is None else environ))
+
+
+def available_cpus() -> int:
+    """The CPUs this server may use: TRITONED_CPUS when set, else the smallest of the cgroup quotas and the CPU
+    affinity (at least 1)."""
+    return find_cpus().cpus
+
+
+@dataclass(frozen=True)
+class Sizes:
+    model_instances: int
+    ort_threads: int
+    preprocessing_instances: int
+    batch_delay_us: int
+
+
+@dataclass(frozen=True)
+class BuildSizing:
+    """sizing.json: what the build fixed (None = auto), and whether model_onnx may batch requests together."""
+    model_instances: int | None = None
+    ort_threads: int | None = None
+    preprocessing_instances: int | None = None
+    batch_delay_us: int | None = None
+    model_batching: bool = True
+
+    @classmethod
+    def load(cls, path: Path) -> "BuildSizing":
+        fix = f"reassemble the repository with ./make_triton_image.sh (it writes {SIZING_FILE})"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise SizingError(f"{path}: cannot read it ({error}); {fix}") from None
+        if not isinstance(data, dict) or data.get("format") != SIZING_FORMAT:
+            raise SizingError(f"{path}: not a sizing file of format {SIZING_FORMAT}; {fix}")
+        values: dict[str, int | None] = {}
+        for name, minimum in (("model_instances", 1), ("ort_threads", 0), ("preprocessing_instances", 1),
+                              ("batch_delay_us", 0)):
+            value = data.get(name, AUTO)
+            if value == AUTO:
+                values[name] = None
+            elif isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+                values[name] = value
+            else:
+                raise SizingError(f"{path}: {name} must be \"{AUTO}\" or an integer >= {minimum}, got {value!r}; {fix}")
+        batching = data.get("model_batching", True)
+        if not isinstance(batching, bool):
+            raise SizingError(f"{path}: model_batching must be true or false, got {batching!r}; {fix}")
+        return cls(**values, model_batching=batching)
+
+    def explicit(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k != "model_batching" and v is not None}
+
+
+def policy(cpus: int, model_batching: bool = True) -> Sizes:
+    """The sizes for `cpus` CPUs.
+
+    model_onnx batches requests (fp32): as few instances as keep each session within MAX_THREADS_PER_SESSION
+    threads, the CPUs shared out among them. A lone text then runs on all the threads of one session, and under load
+    the dynamic batcher hands each session a batch of the queued texts, which its threads share.
+    model_onnx may not batch (a dynamically quantized model: its answers would depend on its neighbours): one
+    single-thread instance per CPU, the most texts per second when every run holds one request.
+    """
+    tokenizers = max(1, math.ceil(cpus / CPUS_PER_TOKENIZER))
+    if not model_batching:
+        return Sizes(model_instances=cpus, ort_threads=1, preprocessing_instances=tokenizers, batch_delay_us=0)
+    instances = max(1, math.ceil(cpus / MAX_THREADS_PER_SESSION))
+    return Sizes(model_instances=instances, ort_threads=max(1, cpus // instances),
+                 preprocessing_instances=tokenizers, batch_delay_us=0)
+
+
+def choose(report: CpuReport, build: BuildSizing) -> tuple[Sizes, str]:
+    """The sizes to serve with and why: TRITONED_CPUS over everything, then the build's numbers, then auto."""
+    auto = policy(report.cpus, build.model_batching)
+    if report.override is not None:
+        return auto, f"sized for {report.cpus} CPU(s) ({CPUS_ENV} overrides the build's options)"
+    explicit = build.explicit()
+    sizes = Sizes(**{**asdict(auto), **explicit})
+    how = f"sized for {report.cpus} CPU(s)"
+    if explicit:
+        how += "; fixed at build time: " + ", ".join(f"{k}={v}" for k, v in explicit.items())
+    return sizes, how
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m gateway.sizing",
+                                     description="Print the CPUs this process may use, each source, and the sizes "
+                                                 "the server would choose for them (see the module's docstring).")
+    parser.add_argument("--cgroup-root", type=Path, default=CGROUP_ROOT, help="default %(default)s")
+    parser.add_argument("--proc-self-cgroup", type=Path, default=PROC_SELF_CGROUP, help="default %(default)s")
+    parser.add_argument("--repository", type=Path, help=f"a model repository whose {SIZING_FILE} to apply")
+    args = parser.parse_args(argv)
+    try:
+        report = find_cpus(args.cgroup_root, args.proc_self_cgroup)
+        build = BuildSizing.load(args.repository / SIZING_FILE) if args.repository else BuildSizing()
+    except SizingError as error:
+        parser.exit(2, f"sizing: {error}\n")
+    sizes, how = choose(report, build)
+    print(json.dumps({"cpus": report.cpus, "found": report.found, "override": report.override,
+                      "sources": [asdict(f) for f in report.findings], "sizes": asdict(sizes), "how": how}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
