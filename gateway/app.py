@@ -140,7 +140,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(supervising, stopping, return_exceptions=True)
             # Every connection to Triton is closed before it is asked to stop: it waits for open HTTP connections.
-            pool.stop()  # workers still running (no drain: a failure) end as their control pipe closes
+            await pool.stop()  # workers still running (no drain: a failure) end as their control pipe closes
             await metrics_runner.cleanup()
             await upstream.close()
             await self._stop_triton(reaping, supervisor.generation)

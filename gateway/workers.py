@@ -263,12 +263,23 @@ class WorkerPool:
             os.kill(pid, signal.SIGKILL)
         return sum(worker.left for worker in self.workers)
 
-    def stop(self) -> None:
-        """Whatever is left (an exit that is not a drain): workers end when their control pipe closes."""
+    async def stop(self, timeout: float = 3.0) -> None:
+        """Whatever is left (an exit that is not a drain): workers end when their control pipe closes (at most
+        `timeout` seconds are waited for: tritonserver waits for their open connections when it stops)."""
         self.draining = True
         for worker in self.workers:
             self._close_pipes(worker)
             worker.sock.close()
+        deadline = time.monotonic() + timeout
+        while self.pids and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            for pid, worker in self.pids.items():  # reaped here too: the gateway's reaper ends with tritonserver
+                try:
+                    done, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    done, status = pid, 0
+                if done:
+                    worker.exit_code = os.waitstatus_to_exitcode(status)
 
 
 def install_event_loop() -> None:
