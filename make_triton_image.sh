@@ -245,10 +245,11 @@ export_model_batching() {
 # when served as they are (one instance, ONNX Runtime's one thread per core): the gateway renders the sized copy
 # at start (gateway/sizing.py, gateway/sized_repository.py) from sizing.json.
 export_sizing() {
-  export PREPROCESSING_INSTANCES="${SIZE_PREPROCESSING_INSTANCES/#auto/1}"
-  export MODEL_INSTANCES="${SIZE_MODEL_INSTANCES/#auto/1}"
-  export ORT_INTRA_OP_THREADS="${SIZE_ORT_THREADS/#auto/0}"
-  export BATCH_DELAY_US="${SIZE_BATCH_DELAY_US/#auto/0}"
+  # $((10#N)): a leading zero would make the config's number octal.
+  export PREPROCESSING_INSTANCES="$((10#${SIZE_PREPROCESSING_INSTANCES/#auto/1}))"
+  export MODEL_INSTANCES="$((10#${SIZE_MODEL_INSTANCES/#auto/1}))"
+  export ORT_INTRA_OP_THREADS="$((10#${SIZE_ORT_THREADS/#auto/0}))"
+  export BATCH_DELAY_US="$((10#${SIZE_BATCH_DELAY_US/#auto/0}))"
   # model_onnx's dynamic batcher may join the texts of this many client requests into one run.
   export INTERNAL_MAX_BATCH_SIZE=$(( MAX_BATCH_SIZE > 64 ? MAX_BATCH_SIZE : 64 ))
 }

@@ -55,10 +55,22 @@ def convert_local(hf_dir: Path, out_dir: Path) -> Artifacts:
 
 
 def backend_stub_count(repository: Path) -> int:
-    """How many backend stub processes a served repository runs: the instance counts of its models (see
-    make_triton_image.sh --model-instances / --preprocessing-instances; the ensemble itself has none)."""
-    return sum(int(count) for config in repository.glob("*/config.pbtxt")
-               for count in re.findall(r"\bcount:\s*(\d+)", config.read_text(encoding="utf-8")))
+    """How many backend stub processes a served repository runs: the instance counts of its models as the gateway
+    sizes them at start (gateway/sizing.py; make_triton_image.sh --model-instances / --preprocessing-instances;
+    the ensemble itself has none)."""
+    from gateway.sized_repository import sized_config
+    from gateway.sizing import SIZING_FILE, BuildSizing, choose, find_cpus
+
+    sizes = None
+    if (repository / SIZING_FILE).is_file():  # served as the gateway sizes it for this process's CPUs
+        sizes, _ = choose(find_cpus(), BuildSizing.load(repository / SIZING_FILE))
+    total = 0
+    for config in repository.glob("*/config.pbtxt"):
+        text = config.read_text(encoding="utf-8")
+        if sizes is not None:
+            text = sized_config(config.parent.name, text, sizes, str(config))
+        total += sum(int(count) for count in re.findall(r"\bcount:\s*(\d+)", text))
+    return total
 
 
 @pytest.fixture(scope="session")

@@ -409,7 +409,7 @@ def test_bad_pair_requests_get_an_error_saying_why_and_the_container_keeps_servi
     same_server(pair_container, started, stubs)
 
 
-@pytest.mark.parametrize("instance", ["text_preprocessing_0_0", "model_onnx_0_1"])
+@pytest.mark.parametrize("instance", ["text_preprocessing_0_0", "model_onnx_0_0"])
 def test_killed_stub_is_healed_in_the_container(container: Container, built, expected, instance: str) -> None:
     """kill -9 of a model's backend process under load: correct answers again within 60 s (in place: the same
     container, the other models' processes untouched)."""

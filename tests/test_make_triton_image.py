@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -186,6 +187,8 @@ def test_model_swapped_after_the_parity_check(broken: Artifacts, tmp_path: Path)
     (["ok", "v1", "four"], "MAX_BATCH_SIZE must be an integer >= 1"),
     (["ok", "v1", "4", "extra"], "expected 3 to 6 arguments"),
     (["--model-instances", "0"], "--model-instances must be an integer >= 1"),
+    (["--ort-threads", "automatic"], "--ort-threads must be an integer >= 0"),
+    (["--batch-delay-us", "-5"], "--batch-delay-us must be an integer >= 0"),
     (["--wheelhouse", "/nonexistent"], "holds no .whl files"),
     (["--no-model-metrics=yes"], "unknown option: --no-model-metrics=yes"),  # a switch: takes no value
 ])
@@ -245,6 +248,22 @@ def test_threshold_on_a_model_that_is_not_multi_label(good: Artifacts, tmp_path:
     assert_refused(make_image(good, tmp_path / "b", "--threshold", "0.3"),
                    "--threshold applies to multi-label models only", "softmax over 4 label(s)",
                    build_dir=tmp_path / "b")
+
+
+def test_sizing_options_default_to_auto_and_numbers_are_kept(good: Artifacts, tmp_path: Path) -> None:
+    """sizing.json says which sizes the build fixed (the gateway sizes the others at start, gateway/sizing.py);
+    model_onnx batches requests of any lengths, up to more texts than one client request holds."""
+    from gateway.sizing import BuildSizing
+
+    result = make_image(good, tmp_path / "b", "--no-build", "--ort-threads", "3", "--batch-delay-us", "0100")
+    assert result.returncode == 0, result.stderr
+    repo = tmp_path / "b" / "ensemble_model" / "context" / "model_repository"
+    build = BuildSizing.load(repo / "sizing.json")
+    assert build.explicit() == {"ort_threads": 3, "batch_delay_us": 100} and build.model_batching
+    onnx = (repo / "model_onnx" / "config.pbtxt").read_text()
+    assert 'string_value: "3"' in onnx and "max_queue_delay_microseconds: 100" in onnx
+    assert re.search(r"max_batch_size: 64\b", onnx) and onnx.count("allow_ragged_batch: true") >= 2
+    assert 'backend: "python"' in onnx and (repo / "model_onnx" / "1" / "model.py").is_file()
 
 
 def test_single_label_model_keeps_todays_outputs(good: Artifacts, tmp_path: Path) -> None:

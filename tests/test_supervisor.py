@@ -49,7 +49,10 @@ def wait_for(condition, timeout: float, interval: float = 0.05):
 def servers(tiny_artifacts, serve, tmp_path_factory) -> Callable[[], LocalTriton]:
     """The module's server; a fresh one once the last has exited, as a restart policy would start one."""
     build_dir = tmp_path_factory.mktemp("build-supervisor")
-    assert make_image(tiny_artifacts("bert"), build_dir, "--no-build").returncode == 0
+    # Two model_onnx instances (kept at every start: explicit sizes win over sizing at start), so that one of
+    # several instances of a model is killed.
+    assert make_image(tiny_artifacts("bert"), build_dir, "--no-build", "--model-instances", "2",
+                      "--ort-threads", "1").returncode == 0
     started: list[LocalTriton] = []
 
     def current() -> LocalTriton:
