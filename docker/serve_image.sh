@@ -29,6 +29,10 @@ the list: docker run IMAGE python3 -m gateway --help).
 
 $(lockdown_description)
 
+Sizing: at start the gateway sizes the model instances, ONNX Runtime threads and tokenizer instances for the
+CPUs the container may use (docker run --cpus N, --cpuset-cpus, a Kubernetes CPU limit); -e TRITONED_CPUS=N
+sizes for N CPUs instead. The sized configs go to a directory under /tmp: $MODEL_REPOSITORY stays read-only.
+
 Health: GET /v2/health/ready on 8000 (503 while broken, recovering or draining); /opt/tritoned/healthcheck
 is the end-to-end liveness command (the image's HEALTHCHECK). SIGTERM: readiness 503 at once, requests in
 flight answered, exit 0.

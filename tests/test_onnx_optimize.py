@@ -165,5 +165,8 @@ def test_a_quantized_model_is_not_batched_with_other_requests(variants, tmp_path
         build_dir = tmp_path / name
         result = make_image(variants[name], build_dir, "--no-build")
         assert result.returncode == 0, result.stderr
-        config = (build_dir / MODEL_NAME / "context" / "model_repository" / "model_onnx" / "config.pbtxt").read_text()
+        repository = build_dir / MODEL_NAME / "context" / "model_repository"
+        config = (repository / "model_onnx" / "config.pbtxt").read_text()
         assert ("dynamic_batching {" in config) is batched, f"{name}:\n{config}"
+        # Sized at start accordingly (gateway/sizing.py: a model never batched gets single-thread instances).
+        assert json.loads((repository / "sizing.json").read_text())["model_batching"] is batched

@@ -97,3 +97,25 @@ def test_a_directory_that_is_not_a_model_repository_is_refused_before_starting(l
     assert ("Hugging Face checkpoint" in result.stderr) == (layout == "hf_checkpoint"), result.stderr
     assert "convert_to_onnx.py" in result.stderr or layout != "hf_checkpoint"
     assert "ready" not in result.stderr and "curl" not in result.stderr and "Starting Triton" not in result.stderr
+
+
+def test_cpus_flag_sizes_the_server(repository, serve, tmp_path: Path) -> None:
+    """--cpus N sizes model_onnx and the tokenizer for N CPUs (as TRITONED_CPUS=N), whatever the machine has:
+    the start log says so and the served config has N ONNX Runtime threads."""
+    repo, build_dir = repository
+    server: LocalTriton = serve(repo, tmp_path / "server.log", build_dir, ["--cpus", "3"])
+    log = server.log.read_text(errors="replace")
+    assert "TRITONED_CPUS=3 overrides it" in log and "x 3 ONNX Runtime thread(s)" in log, log[-3000:]
+    with urllib.request.urlopen(f"http://{server.http_url}/v2/models/model_onnx/config", timeout=10) as response:
+        config = json.loads(response.read())
+    assert config["parameters"]["intra_op_thread_count"]["string_value"] == "3"
+    assert server.interrupt(timeout=30) == 0
+
+
+@pytest.mark.parametrize("value", ["0", "two", "1.5", "-1", ""])
+def test_bad_cpus_flag_is_refused_before_starting(repository, value: str) -> None:
+    repo, _ = repository
+    script = Path(__file__).resolve().parent.parent / "serve_local.sh"
+    result = subprocess.run([str(script), "--cpus", value, str(repo)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2, result.stderr
+    assert "--cpus" in result.stderr and ("whole number >= 1" in result.stderr or "needs a value" in result.stderr)

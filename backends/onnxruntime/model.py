@@ -118,7 +118,9 @@ class TritonPythonModel:
         filename = config.get("default_model_filename") or DEFAULT_MODEL_FILENAME
         if filename.endswith(".py"):  # served as a Python backend model: this file is model.py, the model beside it
             filename = DEFAULT_MODEL_FILENAME
-        path = os.path.join(args["model_repository"], args["model_version"], filename)
+        # The real file (the gateway serves a sized copy of the repository whose version directories are links):
+        # errors name the file the user has.
+        path = os.path.realpath(os.path.join(args["model_repository"], args["model_version"], filename))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model file not found: {path}")
         self.session = ort.InferenceSession(path, session_options(config), providers=["CPUExecutionProvider"])

@@ -1,0 +1,75 @@
+"""backends/onnxruntime/model.py pads the texts of different requests together (allow_ragged_batch): each text's
+logits must be those of the text run alone, however much padding its bucket adds (the attention mask is honoured),
+for every tiny architecture (BERT, DistilBERT without token_type_ids, RoBERTa and XLM-R whose pad id is 1)."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+
+TEXTS = ["hi", "where is my order", "помогите мне пожалуйста, заказ не пришёл уже третью неделю " * 3,
+         "I want a refund for this item", "спасибо 🙂"]
+TOLERANCE = 1e-5
+
+
+@pytest.fixture(scope="module")
+def backend():
+    import pytriton
+
+    sys.path.insert(0, str(Path(pytriton.__file__).parent / "tritonserver" / "backends" / "python"))
+    spec = importlib.util.spec_from_file_location("tritoned_ort_backend", ROOT / "backends" / "onnxruntime" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind", ["bert", "distilbert", "roberta"])
+def test_a_text_padded_in_a_bucket_answers_as_alone(backend, tiny_artifacts, kind: str) -> None:
+    import onnxruntime as ort
+    from tokenizers import Tokenizer
+
+    artifacts = tiny_artifacts(kind)
+    session = ort.InferenceSession(str(artifacts.model), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    tokenizer = Tokenizer.from_file(str(artifacts.tokenizer / "tokenizer.json"))
+    tokenizer.enable_truncation(64)
+    pad_id = tokenizer.token_to_id("<pad>") if tokenizer.token_to_id("<pad>") is not None else 0
+    tokenizer.enable_padding(pad_id=pad_id)
+
+    def arrays(encodings) -> list[np.ndarray]:
+        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+        return [np.array([getattr(e, fields[name]) for e in encodings], dtype=np.int64) for name in names]
+
+    alone = [session.run(None, dict(zip(names, arrays([tokenizer.encode(t)]))))[0][0] for t in TEXTS]
+    # Two "requests", each padded to its own longest text as text_preprocessing does, then every text of both
+    # padded together to the longest of all (one bucket: the most padding a text can get).
+    members = [(0, arrays(tokenizer.encode_batch(TEXTS[:2]))), (1, arrays(tokenizer.encode_batch(TEXTS[2:])))]
+    mask = names.index("attention_mask")
+    rows = backend.ragged_rows(members, mask)
+    assert [row.length for row in rows] == sorted(row.length for row in rows)
+    pads = backend.pad_values(members, mask, len(names))
+    assert pads[names.index("input_ids")] == pad_id
+    feed = {name: backend.pad_bucket(rows, position, pads[position]) for position, name in enumerate(names)}
+    assert feed["attention_mask"].shape[1] > min(row.length for row in rows) * 3  # real padding
+    logits = session.run(None, feed)[0]
+    for row, result in zip(rows, logits):
+        np.testing.assert_allclose(result, alone[row.order], atol=TOLERANCE)
+
+
+def test_buckets_keep_short_texts_apart_from_long_ones(backend) -> None:
+    groups = backend.buckets([3, 4, 5, 9, 20, 25, 60, 128])
+    assert [i for group in groups for i in group] == list(range(8))
+    assert groups[0] == [0, 1, 2, 3] and any(7 in g and 0 not in g for g in groups)
+
+
+def test_a_request_whose_inputs_disagree_is_refused(backend) -> None:
+    ok = [np.ones((1, 4), np.int64), np.ones((1, 4), np.int64)]
+    bad = [np.ones((1, 4), np.int64), np.ones((1, 5), np.int64)]
+    with pytest.raises(ValueError, match="share one"):
+        backend.ragged_rows([(0, ok), (1, bad)], 1)
