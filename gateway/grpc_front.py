@@ -11,7 +11,7 @@ from typing import Any, AsyncIterator
 import grpc
 from tritonclient.grpc import service_pb2
 
-from . import checks
+from . import checks, grpc_wire
 from .budget import BodyBudget
 from .catalog import Catalog
 from .checks import Rejected
@@ -37,13 +37,18 @@ class GrpcFront:
         self.supervisor = None  # set by the app
         self.upstream = f"127.0.0.1:{upstream_port}"
         self.channel: grpc.aio.Channel | None = None
+        self.reads: asyncio.Semaphore | None = None  # ModelInfer messages being received at once (see _infer)
 
     def server(self, max_message_bytes: int) -> grpc.aio.Server:
         """The public server; call in the event loop that will run it (grpc.aio binds to it)."""
         self.channel = grpc.aio.insecure_channel(
             self.upstream, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
+        self.reads = asyncio.Semaphore(max(1, self.budget.capacity // max_message_bytes))
+        # No BDP probing: a stream's flow-control window stays 64 KiB, so a request whose handler does not read it
+        # yet stays at the client; SO_REUSEPORT: the gateway's workers share the port.
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
-                                          ("grpc.max_send_message_length", -1)])
+                                          ("grpc.max_send_message_length", -1), ("grpc.http2.bdp_probe", 0),
+                                          ("grpc.so_reuseport", 1)])
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, self._handlers()),))
         return server
 
@@ -53,7 +58,9 @@ class GrpcFront:
             name = method.name
             if name == "ModelInfer":
                 self._model_infer = self.channel.unary_unary(f"/{SERVICE}/ModelInfer")
-            if name == "ModelStreamInfer":
+                self._retry_infer = self._forwarder(name)
+                handlers[name] = grpc.stream_unary_rpc_method_handler(self._infer)  # a unary call on the wire
+            elif name == "ModelStreamInfer":
                 handlers[name] = grpc.stream_stream_rpc_method_handler(self._stream_infer)
             elif method.client_streaming or method.server_streaming:
                 continue  # none other in Triton's service
@@ -65,7 +72,7 @@ class GrpcFront:
         remaining = context.time_remaining()
         return self.limits.upstream_timeout_s if remaining is None else min(remaining, self.limits.upstream_timeout_s)
 
-    def _unary(self, name: str):
+    def _forwarder(self, name: str):
         assert self.channel is not None
         call = self.channel.unary_unary(f"/{SERVICE}/{name}")
 
@@ -76,13 +83,16 @@ class GrpcFront:
                 await context.abort(failure.code(), failure.details() or "")
                 raise
 
+        return forward
+
+    def _unary(self, name: str):
+        forward = self._forwarder(name)
+
         async def handle(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
             if name in REFUSED:
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                     "loading and unloading models is not allowed through this server: the repository "
                                     "API is restricted to the models the server started with")
-            if name == "ModelInfer":
-                return await self._infer(request, context, forward)
             answer = await forward(request, context)
             if name == "ServerReady" and not self.health.ready:
                 return service_pb2.ServerReadyResponse(ready=False).SerializeToString()
@@ -92,31 +102,53 @@ class GrpcFront:
 
         return handle
 
-    def _check(self, raw: bytes) -> service_pb2.ModelInferRequest:
-        request = service_pb2.ModelInferRequest.FromString(raw)
-        limit = self.catalog.body_limit(request.model_name)
+    def _check(self, raw: bytes) -> str:
+        """The model's name; Rejected when the request is too large or asks top-k of a string output."""
+        model_name, topk = grpc_wire.scan(raw)  # not a whole parse: the texts are not copied
+        limit = self.catalog.body_limit(model_name)
         if len(raw) > limit:
-            raise checks.too_large(f"the request to model '{request.model_name}'", limit)
-        topk = [output.name for output in request.outputs if "classification" in output.parameters
-                and output.parameters["classification"].WhichOneof("parameter_choice") is not None
-                and not (output.parameters["classification"].WhichOneof("parameter_choice") == "int64_param"
-                         and output.parameters["classification"].int64_param == 0)]
-        checks.check_topk_names(request.model_name, self.catalog.get(request.model_name), topk)
-        return request
+            raise checks.too_large(f"the request to model '{model_name}'", limit)
+        checks.check_topk_names(model_name, self.catalog.get(model_name), topk)
+        return model_name
 
-    async def _infer(self, raw: bytes, context: grpc.aio.ServicerContext, forward) -> bytes:
+    async def _infer(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> bytes:
+        """ModelInfer, served as a stream-unary method: grpcio receives a unary request whole before its handler
+        runs, so a burst of large requests would all be in memory at once. Here a request is received only once
+        one of `reads` is free (until then HTTP/2 flow control keeps it at the client), and it holds the read until
+        its bytes are admitted by the body budget, as an HTTP body is: at most the budget's worth of messages is
+        being received beside the budget's worth being handled."""
+        assert self.reads is not None
+        timeout = self.limits.request_timeout_s
         try:
-            self._check(raw)
-        except Rejected as rejected:
-            await context.abort(getattr(grpc.StatusCode, rejected.grpc_code), rejected.message)
-        except Exception as failure:  # DecodeError
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable ModelInferRequest: {failure}")
+            await asyncio.wait_for(self.reads.acquire(), timeout)
+        except asyncio.TimeoutError:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"server busy: large requests are being received for "
+                                f"{timeout:g}s (TRITONED_MAX_BYTES_IN_FLIGHT); retry later")
+        reading = True
         try:
-            async with self.budget.hold(len(raw), self.limits.request_timeout_s):
-                return await self._forward_infer(raw, context, forward)
+            try:
+                raw = await asyncio.wait_for(context.read(), timeout)
+            except asyncio.TimeoutError:
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                    f"the request did not arrive within {timeout:g}s")
+            if raw is grpc.aio.EOF:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ModelInfer without a request message")
+            try:
+                self._check(raw)
+            except Rejected as rejected:
+                await context.abort(getattr(grpc.StatusCode, rejected.grpc_code), rejected.message)
+            except Exception as failure:  # grpc_wire.Unreadable, DecodeError
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unreadable ModelInferRequest: {failure}")
+            async with self.budget.hold(len(raw), timeout):
+                self.reads.release()
+                reading = False
+                return await self._forward_infer(raw, context, self._retry_infer)
         except Rejected as rejected:
             await context.abort(getattr(grpc.StatusCode, rejected.grpc_code), rejected.message)
             raise
+        finally:
+            if reading:
+                self.reads.release()
 
     async def _forward_infer(self, raw: bytes, context: grpc.aio.ServicerContext, forward) -> bytes:
         await self.health.wait_not_recovering(self._timeout(context))

@@ -18,6 +18,7 @@ from .catalog import Catalog
 from .checks import Rejected
 from .health import Health
 from .settings import Limits
+from .upstream import InferPool, UpstreamClosed
 
 log = logging.getLogger("tritoned.http")
 
@@ -43,6 +44,7 @@ def error(status: int, message: str, close: bool = False) -> web.Response:
 class HttpFront:
     def __init__(self, upstream_port: int, limits: Limits, health: Health, budget: BodyBudget) -> None:
         self.upstream = f"http://127.0.0.1:{upstream_port}"
+        self.infer_pool = InferPool(upstream_port)  # inference requests: the lean path (upstream.InferPool)
         self.limits = limits
         self.health = health
         self.budget = budget
@@ -70,6 +72,7 @@ class HttpFront:
             timeout=aiohttp.ClientTimeout(total=self.limits.upstream_timeout_s))
 
     async def _close(self, _: web.Application) -> None:
+        self.infer_pool.close()
         if self.session is not None:
             await self.session.close()
 
@@ -185,12 +188,12 @@ class HttpFront:
         supervisor = self.supervisor
         await self.health.wait_not_recovering(self.limits.upstream_timeout_s)
         generation = supervisor.generation if supervisor is not None else 0
-        status, data, out_headers = await self._send("POST", path, body, headers)
+        status, data, out_headers = await self._send_infer(path, body, headers)
         if status >= 500 and STUB_FAILURE in data and supervisor is not None and \
                 await supervisor.healed_since(generation, self.limits.upstream_timeout_s):
             log.info("request to %s failed while a backend process was dead: sent again after the recovery",
                      model_name)
-            status, data, out_headers = await self._send("POST", path, body, headers)
+            status, data, out_headers = await self._send_infer(path, body, headers)
         return status, data, out_headers
 
     async def _checked_inference_body(self, request: web.Request, model_name: str, kind: str,
@@ -267,7 +270,12 @@ class HttpFront:
             return b"".join(chunks)
 
         try:
-            body = await asyncio.wait_for(read(), self.limits.request_timeout_s)
+            if request.content.is_eof():  # the whole body came with the headers (small requests): no timer, no task
+                body = request.content.read_nowait(-1)
+                if len(body) > limit:
+                    raise checks.too_large("the request body", limit)
+            else:
+                body = await asyncio.wait_for(read(), self.limits.request_timeout_s)
         except asyncio.TimeoutError:
             raise Rejected(408, "DEADLINE_EXCEEDED",
                            f"the request body did not arrive within {self.limits.request_timeout_s:g}s") from None
@@ -292,6 +300,20 @@ class HttpFront:
         except aiohttp.ClientError as failure:
             state = "is stopping" if self.health.ending else f"does not answer ({self.health.describe()})"
             log.debug("upstream %s %s: %r", method, path, failure)
+            return 503, _error_body(f"tritonserver {state}"), {"Content-Type": JSON}
+
+    async def _send_infer(self, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        """An inference POST through the lean connection pool; errors answered as _send answers them."""
+        try:
+            status, data, answer_headers = await self.infer_pool.post(path, body, headers,
+                                                                      self.limits.upstream_timeout_s)
+            return status, data, {k: answer_headers[k.lower()] for k in PASSED_BACK if k.lower() in answer_headers}
+        except asyncio.TimeoutError:
+            return 504, _error_body(f"tritonserver did not answer within {self.limits.upstream_timeout_s:g}s"), \
+                {"Content-Type": JSON}
+        except (UpstreamClosed, OSError) as failure:
+            state = "is stopping" if self.health.ending else f"does not answer ({self.health.describe()})"
+            log.debug("upstream POST %s: %r", path, failure)
             return 503, _error_body(f"tritonserver {state}"), {"Content-Type": JSON}
 
     async def _stream(self, request: web.Request, path: str, body: bytes,

@@ -9,6 +9,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the bench package
 
 from bench.local_server import LocalServer as LocalTriton  # noqa: E402
-from bench.local_server import ServerError, free_ports, http_ready, process_rss, stop_all  # noqa: E402
+from bench.local_server import ServerError, descendants, free_ports, http_ready, process_rss, stop_all  # noqa: E402
 
-__all__ = ["LocalTriton", "ServerError", "free_ports", "http_ready", "process_rss", "stop_all"]
+__all__ = ["LocalTriton", "ServerError", "descendants", "free_ports", "http_ready", "process_rss", "stop_all"]

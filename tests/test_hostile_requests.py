@@ -28,7 +28,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from conftest import assert_log_shows_no_crash, make_image
-from local_triton import LocalTriton, process_rss
+from local_triton import LocalTriton, descendants, process_rss
 from traffic import stubs_of_group
 
 MODEL = "ensemble_model"
@@ -299,10 +299,14 @@ BUDGET = 64 * MB  # the gateway's default TRITONED_MAX_BYTES_IN_FLIGHT
 
 
 def gateway_rss(server: LocalTriton) -> int:
-    """Resident bytes of the gateway: serve_local.sh execs it, so it is the server's own process."""
+    """Resident bytes of the gateway: serve_local.sh execs it (the server's own process), and its worker processes
+    (the Python processes below it; the backend stubs are triton_python_backend_stub)."""
     found = process_rss(server.process.pid)
     assert found is not None and found[0].startswith("python"), f"no gateway at pid {server.process.pid}: {found}"
-    return found[1]
+    workers = [info for info in map(process_rss, descendants(server.process.pid))
+               if info is not None and info[0].startswith("python")]
+    assert workers, "no gateway worker process"
+    return found[1] + sum(rss for _, rss in workers)
 
 
 def test_a_burst_of_the_largest_bodies_is_served_within_the_budget(served: Served) -> None:
