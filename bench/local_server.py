@@ -256,6 +256,17 @@ class LocalServer:
                 processes.append((pid, info[0], info[1]))
         return processes
 
+    def affinities(self) -> dict[int, frozenset[int]]:
+        """The CPUs each process of the server's tree (serve_local.sh or the gateway it became, and every process
+        below) may run on (sched_getaffinity), by pid."""
+        found = {}
+        for pid in [self.process.pid, *descendants(self.process.pid)] if self.process is not None else []:
+            try:
+                found[pid] = frozenset(os.sched_getaffinity(pid))
+            except OSError:  # gone meanwhile
+                continue
+        return found
+
     def rss_bytes(self) -> int:
         return sum(rss for _, _, rss in self.server_processes())
 

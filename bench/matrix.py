@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from bench.loadgen import Measurement
-from bench.local_server import LocalServer, assemble, stop_all
+from bench.local_server import LocalServer, ServerError, assemble, stop_all
 from bench.pool import Pool
 
 LOGGER = logging.getLogger("bench.matrix")
@@ -36,6 +36,7 @@ class MatrixRow:
     engine: str  # RAW_TPUT, RAW_LAT, "http", "grpc"
     concurrency: int
     load_cpus: str  # where the load generator ran: "cpus 1" or "shared"
+    confined: str = ""  # served rows: confinement()'s proof
     measurement: Measurement = field(default_factory=Measurement)
     server_cpu_seconds: float = 0.0
     server_wall: float = 0.0  # the windows in which server_cpu_seconds was read
@@ -62,6 +63,16 @@ def session_cpu_seconds(server: LocalServer) -> float:
     return sum(session_cpu(server.process.pid).values()) if server.process else 0.0
 
 
+def confinement(server: LocalServer, cpus: Sequence[int]) -> str:
+    """Proof that the server's whole process tree runs on `cpus` only (one line); ServerError when a process may
+    run elsewhere."""
+    affinities = server.affinities()
+    outside = {pid: sorted(allowed) for pid, allowed in affinities.items() if not allowed <= set(cpus)}
+    if outside or not affinities:
+        raise ServerError(f"the server is not confined to CPUs {list(cpus)}: processes {outside or 'none found'}")
+    return f"{len(affinities)} server processes, all on CPUs {sorted(cpus)}"
+
+
 def total_for(pool: Pool, concurrency: int, seconds: float) -> int:
     """Texts per round for about `seconds` (a short untimed probe run first, which also warms the engine up)."""
     probe = pool.run(max(8, 2 * concurrency), warmup=2)
@@ -77,6 +88,7 @@ def measure_size(size: str, onnx_dir: Path, settings: Any, configs: dict[str, li
     pools: dict[tuple, Pool] = {}
     totals: dict[tuple, int] = {}
     reference: list[str] = []
+    confined: dict[tuple[int, str], str] = {}
     try:
         for cores in cores_list:
             server_cpus, _ = split_cpus(cores, allowed)
@@ -90,8 +102,9 @@ def measure_size(size: str, onnx_dir: Path, settings: Any, configs: dict[str, li
             server_cpus, load_cpus = split_cpus(cores, allowed)
             pools[(cores, RAW_TPUT)] = Pool.raw(onnx_dir, texts, processes=cores, threads=1, cpus=server_cpus)
             pools[(cores, RAW_LAT)] = Pool.raw(onnx_dir, texts, processes=1, threads=cores, cpus=server_cpus)
-        for server in servers.values():
+        for (cores, config), server in servers.items():
             server.wait_ready()
+            confined[(cores, config)] = confinement(server, split_cpus(cores, allowed)[0])
         from bench.engines import RawOrt
         raw = RawOrt(onnx_dir, texts, threads=1)
         reference = [raw(i) for i in range(len(texts))]
@@ -120,7 +133,8 @@ def measure_size(size: str, onnx_dir: Path, settings: Any, configs: dict[str, li
                                 pools[key] = Pool.load(protocol, url, MODEL_NAME, texts, concurrency, processes,
                                                        load_cpus)
                                 totals[key] = total_for(pools[key], concurrency, settings.seconds)
-                            row = rows.setdefault(key, MatrixRow(size, cores, config, protocol, concurrency, where))
+                            row = rows.setdefault(key, MatrixRow(size, cores, config, protocol, concurrency, where,
+                                                                 confined=confined[(cores, config)]))
                             before, began = session_cpu_seconds(server), time.perf_counter()
                             measurement = pools[key].run(totals[key])
                             row.server_cpu_seconds += session_cpu_seconds(server) - before
@@ -156,7 +170,8 @@ def records_of(rows: Sequence[MatrixRow]) -> list[dict[str, Any]]:
             "p99_ms": m.percentile_ms(99),
             "server_cpu": row.server_cpu_seconds / row.server_wall if served and row.server_wall else 0.0,
             "server_cpu_ms_per_text": 1000.0 * row.server_cpu_seconds / max(len(m.latencies), 1),
-            "load_cpu": m.client_cpu, "load_on": row.load_cpus, "label_mismatches": row.label_mismatches})
+            "load_cpu": m.client_cpu, "load_on": row.load_cpus, "label_mismatches": row.label_mismatches,
+            "confined": row.confined})
     return records
 
 
@@ -241,6 +256,9 @@ def run(sizes: Sequence[str], cores_list: Sequence[int], settings: Any, configs:
               "  x raw Nx1 = texts/s / raw Nx1's; vs raw 1xN = p50 - raw 1xN's p50. server CPU, load CPU: cores "
               "used (from /proc and the load processes' own clocks); load on: the load generator's CPUs, \"shared\" "
               "when it had to run on the server's (no CPU left over).")
+        for line in sorted({f"{r['size']}, {r['cores']} core(s), config {r['config']}: {r['confined']}"
+                            for r in found if r["confined"]}):
+            print(f"  confined: {line}")
         print(table(found))
         mismatches = [f"{r['size']} {r['cores']}c {r['engine']} c{r['concurrency']}: {r['label_mismatches']}"
                       for r in found if r["label_mismatches"]]
