@@ -8,23 +8,22 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 
-import grpc
 from aiohttp import web
 
 from . import lockdown, tritonserver
-from .budget import BodyBudget
 from .catalog import Catalog
-from .grpc_front import GrpcFront
 from .health import Health, Phase
-from .http_front import HttpFront, metrics_app
+from .http_front import metrics_app
 from .settings import Settings
 from .supervisor import Fatal, Supervisor
 from .upstream import Upstream
+from .workers import WorkerPool, install_event_loop, listen_reuseport, worker_count
 
 log = logging.getLogger("tritoned.gateway")
 EXAMPLE_TEXT = "помогите мне"
@@ -56,42 +55,51 @@ class Gateway:
         self.ports = tritonserver.InternalPorts.pick()
         self.triton = tritonserver.TritonProcess(
             tritonserver.command(settings.tritonserver, self.ports, admin_key, settings.triton_exit_timeout_s))
-        budget = BodyBudget(settings.limits.max_bytes_in_flight, small=settings.limits.body_overhead_bytes)
-        self.http = HttpFront(self.ports.http, settings.limits, self.health, budget)
-        self.grpc = GrpcFront(self.ports.grpc, settings.limits, self.health, budget)
+        self.workers = worker_count(settings.workers)
+        self.pool: WorkerPool | None = None
         self.stop_requested: asyncio.Event | None = None
-        self.grpc_server: grpc.aio.Server | None = None
         self.signals = 0
 
     def run(self) -> int:
         # The sockets are bound before tritonserver starts (a port in use is an error at once) and tritonserver
         # starts before any thread exists (its parent-death signal is set between fork and exec).
-        http_socket = _listen(self.settings.host, self.settings.http_port, "HTTP")
+        http_sockets = self._listen_http()
         metrics_socket = _listen(self.settings.host, self.settings.metrics_port, "metrics")
         grpc_probe = _listen(self.settings.host, self.settings.grpc_port, "gRPC")
-        grpc_probe.close()  # gRPC binds its own socket once the models' limits are known
+        grpc_probe.close()  # the workers bind gRPC themselves (SO_REUSEPORT) once the models' limits are known
         self.triton.start()
         # Internal: clients use the public ports. (bench/ reads this line to measure what the front costs.)
         log.info("tritonserver's own ports (internal, 127.0.0.1): HTTP %d, gRPC %d, metrics %d",
                  self.ports.http, self.ports.grpc, self.ports.metrics)
-        return asyncio.run(self._main(http_socket, metrics_socket))
+        install_event_loop()
+        return asyncio.run(self._main(http_sockets, metrics_socket))
 
-    async def _main(self, http_socket: socket.socket, metrics_socket: socket.socket) -> int:
+    def _listen_http(self) -> list[socket.socket]:
+        """One SO_REUSEPORT socket on the HTTP port per worker (the kernel spreads connections over them)."""
+        sockets: list[socket.socket] = []
+        try:
+            for _ in range(self.workers):
+                sockets.append(listen_reuseport(self.settings.host, self.settings.http_port))
+        except OSError as error:
+            for sock in sockets:
+                sock.close()
+            raise UsageError(f"cannot listen on {self.settings.host}:{self.settings.http_port} (HTTP): "
+                             f"{error.strerror} (already in use?)") from None
+        return sockets
+
+    async def _main(self, http_sockets: list[socket.socket], metrics_socket: socket.socket) -> int:
         loop = asyncio.get_running_loop()
         self.stop_requested = asyncio.Event()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, self._on_signal, signum)
         upstream = Upstream(self.ports.http, self.admin_key, self.settings.limits)
         supervisor = Supervisor(self.settings.supervisor, self.triton, upstream, self.health, self._set_catalog)
-        self.http.supervisor = self.grpc.supervisor = supervisor
-        # auto_decompress=False: compressed bodies are inflated by the front itself, with a bound (checks.inflate).
-        runner = web.AppRunner(self.http.app(), access_log=None, handle_signals=False, auto_decompress=False,
-                               shutdown_timeout=2.0)  # the drain itself waits for the requests (see _drain)
+        self.pool = pool = WorkerPool(self.settings, http_sockets, self.ports.http, self.ports.grpc, self.health,
+                                      lambda: supervisor.generation, supervisor.poke)
+        pool.start()
         metrics_runner = web.AppRunner(await metrics_app(self.ports.metrics), access_log=None, handle_signals=False,
                                        auto_decompress=False)
-        await runner.setup()
         await metrics_runner.setup()
-        await web.SockSite(runner, http_socket).start()
         await web.SockSite(metrics_runner, metrics_socket).start()
         supervising = asyncio.ensure_future(supervisor.run())
         reaping = asyncio.ensure_future(self._reap())
@@ -100,13 +108,19 @@ class Gateway:
         try:
             armed_once = False
             while True:
-                done, _ = await asyncio.wait({supervising, reaping, stopping}, timeout=0.5,
+                done, _ = await asyncio.wait({supervising, reaping, stopping, pool.failed}, timeout=0.5,
                                              return_when=asyncio.FIRST_COMPLETED)
                 if not armed_once and self.health.ready:
                     armed_once = True
                     self._banner(supervisor.catalog)
                 if stopping in done:
-                    status = await self._drain(runner, self.grpc_server)
+                    status = await self._drain(pool)
+                    break
+                if pool.failed in done:
+                    log.error("%s. Exiting with status 1 so that the restart policy (docker run "
+                              "--restart=on-failure, Kubernetes) starts a fresh server", pool.failed.result())
+                    self.health.set(Phase.STOPPING, pool.failed.result())
+                    status = 1
                     break
                 if reaping in done:
                     status = self.triton.returncode if self.triton.returncode else 1
@@ -125,11 +139,8 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(supervising, stopping, return_exceptions=True)
             # Every connection to Triton is closed before it is asked to stop: it waits for open HTTP connections.
-            if self.grpc_server is not None:
-                await self.grpc_server.stop(0)
-            await runner.cleanup()
+            pool.stop()  # workers still running (no drain: a failure) end as their control pipe closes
             await metrics_runner.cleanup()
-            await self.grpc.close()
             await upstream.close()
             await self._stop_triton(reaping)
         return status
@@ -146,48 +157,39 @@ class Gateway:
             self.triton.signal(signal.SIGKILL)
 
     async def _set_catalog(self, catalog: Catalog) -> None:
-        self.http.catalog = self.grpc.catalog = catalog
         log.info("limits: %s", catalog.describe_limits())
-        if self.grpc_server is None:
-            self.grpc_server = await self._start_grpc(catalog)
-
-    async def _start_grpc(self, catalog: Catalog) -> grpc.aio.Server:
-        server = self.grpc.server(catalog.largest_body_limit())
-        address = f"{self.settings.host}:{self.settings.grpc_port}"
-        if ":" in self.settings.host:
-            address = f"[{self.settings.host}]:{self.settings.grpc_port}"
-        try:
-            bound = server.add_insecure_port(address)
-        except RuntimeError:
-            bound = 0
-        if not bound:
-            raise UsageError(f"cannot listen on {address} (gRPC): already in use?")
-        await server.start()
-        return server
+        assert self.pool is not None
+        self.pool.set_catalog(catalog)  # the workers open the gRPC port with the models' limits
 
     async def _reap(self) -> None:
-        while not self.triton.reap():
+        """Collect every exited child (the gateway may be PID 1 in a container: the orphaned backend stubs of a dead
+        server included); returns once tritonserver itself has exited. A worker's exit goes to the pool."""
+        while True:
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                code = os.waitstatus_to_exitcode(status)
+                if pid == self.triton.pid:
+                    self.triton.returncode = code
+                elif self.pool is not None:
+                    self.pool.exited(pid, code)
+            if self.triton.returncode is not None:
+                return
             await asyncio.sleep(0.2)
 
-    async def _drain(self, runner: web.AppRunner, grpc_server: grpc.aio.Server | None) -> int:
-        """Readiness is 503 already. Keep serving for the drain delay, then stop accepting connections and wait for
-        every request being handled (at most the drain timeout). (Not aiohttp's own graceful shutdown: it stops
-        reading connections whose request body is still arriving, and such a request would hang until the
-        timeout.)"""
+    async def _drain(self, pool: WorkerPool) -> int:
+        """Readiness is 503 already (in every worker). Keep serving for the drain delay, then have every worker stop
+        accepting connections and answer each request it is handling (at most the drain timeout) before it exits.
+        (Not aiohttp's own graceful shutdown: it stops reading connections whose request body is still arriving,
+        and such a request would hang until the timeout.)"""
         started = time.monotonic()
         if self.settings.drain_delay_s > 0:
             await asyncio.sleep(self.settings.drain_delay_s)
-        for site in list(runner.sites):
-            await site.stop()  # no new connections; open ones are served, each answer says Connection: close
-        grpc_stopped = asyncio.ensure_future(grpc_server.stop(self.settings.drain_timeout_s)) \
-            if grpc_server is not None else None
-        deadline = started + self.settings.drain_delay_s + self.settings.drain_timeout_s
-        while self.http.in_flight and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        left = self.http.in_flight
-        await runner.cleanup()  # closes the idle connections
-        if grpc_stopped is not None:
-            await grpc_stopped
+        left = await pool.drain(self.settings.drain_timeout_s)
         if left:
             log.warning("drain timeout (%gs): %d HTTP request(s) still in flight were cut off",
                         self.settings.drain_timeout_s, left)

@@ -3,13 +3,16 @@ is configured with `docker run -e TRITONED_...`, since the arguments after the i
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import json
 import os
 from dataclasses import dataclass, field
 
 from . import probe
 
 MIB = 1 << 20
+MAX_WORKERS = 64
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,17 @@ class Settings:
     drain_delay_s: float = 1.0  # after SIGTERM, keep serving (readiness already 503) this long before closing
     drain_timeout_s: float = 15.0  # then wait at most this long for the requests in flight
     triton_exit_timeout_s: int = 5  # tritonserver --exit-timeout-secs (after the drain nothing is in flight)
+    workers: int = 0  # processes serving the public HTTP and gRPC ports; 0: sized with the CPUs (gateway/workers.py)
+
+    def to_json(self) -> str:
+        """For a worker process (gateway/worker.py): every setting, as from_json() reads it back."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Settings":
+        values = json.loads(text)
+        return cls(**{**values, "limits": Limits(**values["limits"]),
+                      "supervisor": SupervisorSettings(**values["supervisor"])})
 
 
 def _option(parser: argparse.ArgumentParser, flag: str, kind: type, default: object, help: str,
@@ -60,7 +74,13 @@ def _option(parser: argparse.ArgumentParser, flag: str, kind: type, default: obj
     names both."""
     variable = "TRITONED_" + flag[2:].replace("-", "_").upper()
     shown = f"{default:g}" if isinstance(default, float) else str(default)
-    parser.add_argument(flag, type=kind, default=kind(os.environ.get(variable, default)),
+    value = os.environ.get(variable)
+    if value is not None:
+        try:
+            default = kind(value)
+        except ValueError:
+            parser.error(f"{variable}={value[:40]!r} is not a valid {kind.__name__} (the variable sets {flag})")
+    parser.add_argument(flag, type=kind, default=default,
                         help=f"{help} [{variable}] (default {shown}{note})")
 
 
@@ -101,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     add("--drain-timeout", float, defaults.drain_timeout_s, "then seconds to wait for the requests in flight")
     add("--triton-exit-timeout", int, defaults.triton_exit_timeout_s,
         "tritonserver --exit-timeout-secs, once the requests in flight are answered; the gateway kills it 5 s later")
+    add("--workers", int, defaults.workers,
+        "processes that serve the public HTTP and gRPC ports side by side (one supervisor and one metrics port "
+        "whatever the count); 0: one per 4 CPUs this server may use, at least 1", note="; see docs/front.md")
     add("--watch-interval", float, supervisor.watch_interval_s, "seconds between checks of the backend processes")
     add("--probe-interval", float, supervisor.probe_interval_s, "seconds between end-to-end probes")
     add("--probe-timeout", float, supervisor.probe_timeout_s, "seconds a probe may take")
@@ -127,6 +150,8 @@ def parse(argv: list[str] | None = None) -> Settings:
             parser.error(f"--{name.replace('_', '-')}: not a port number: {getattr(args, name)}")
     if min(args.max_text_bytes, args.body_overhead_bytes, args.max_json_depth) < 1:
         parser.error("--max-text-bytes, --body-overhead-bytes and --max-json-depth must be positive")
+    if not 0 <= args.workers <= MAX_WORKERS:
+        parser.error(f"--workers must be from 0 (sized with the CPUs) to {MAX_WORKERS}, got {args.workers}")
     if args.max_bytes_in_flight < MIB:
         parser.error(f"--max-bytes-in-flight must be at least {MIB} (1 MiB), got {args.max_bytes_in_flight}")
     return Settings(
@@ -140,4 +165,4 @@ def parse(argv: list[str] | None = None) -> Settings:
             probe_timeout_s=args.probe_timeout, probe_failures=args.probe_failures,
             recovery_timeout_s=args.recovery_timeout, max_recoveries=args.max_recoveries),
         drain_delay_s=args.drain_delay, drain_timeout_s=args.drain_timeout,
-        triton_exit_timeout_s=args.triton_exit_timeout)
+        triton_exit_timeout_s=args.triton_exit_timeout, workers=args.workers)

@@ -12,7 +12,7 @@ from typing import Awaitable, Callable
 
 from . import probe, processes
 from .catalog import Catalog
-from .health import Health, Phase
+from .health import Health, Phase, healed_since
 from .settings import SupervisorSettings
 from .tritonserver import TritonProcess
 from .upstream import Upstream
@@ -64,17 +64,8 @@ class Supervisor:
                 next_probe = time.monotonic() + self.settings.probe_interval_s
 
     async def healed_since(self, generation: int, timeout: float) -> bool:
-        """After a request failed the way a dead stub makes requests fail: check the processes now and wait for the
-        recovery, if one starts. True when a recovery started after `generation` (a value of self.generation taken
-        before the request was sent) and the server is ready again: the request is worth sending once more."""
-        deadline = time.monotonic() + timeout
-        self.poke()
-        for _ in range(20):  # the watch loop runs as soon as this coroutine yields
-            if self.generation > generation:
-                break
-            await asyncio.sleep(0.05)
-        await self.health.wait_not_recovering(max(0.0, deadline - time.monotonic()))
-        return self.generation > generation and self.health.phase is Phase.READY
+        """See health.healed_since: True when the request that failed is worth sending once more."""
+        return await healed_since(self, self.health, generation, timeout)
 
     # ---------------------------------------------------------------------------------------------- arming
 
