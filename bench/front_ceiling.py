@@ -32,7 +32,7 @@ from bench.loadgen import Measurement  # noqa: E402
 from bench.local_server import LocalServer, ServerError, stop_all  # noqa: E402
 from bench.matrix import describe_cpus, split_cpus  # noqa: E402
 from bench.pool import Pool, PoolError  # noqa: E402
-from bench.process_cost import session_cpu  # noqa: E402
+from bench.process_cost import session_cpu, session_processes  # noqa: E402
 from bench.texts import short_texts  # noqa: E402
 
 LOGGER = logging.getLogger("front_ceiling")
@@ -100,6 +100,7 @@ class Tally:
     measurement: Measurement = field(default_factory=Measurement)
     cpu: Counter = field(default_factory=Counter)
     cpu_wall: float = 0.0
+    gateway_processes: int = 0  # counted in the server's process tree at the end of the last round
 
 
 def env_assignment(value: str) -> str:
@@ -204,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 after = session_cpu(server.process.pid)
                 tally.cpu_wall += time.perf_counter() - began
                 tally.cpu.update({role: after[role] - before[role] for role in after})
+                tally.gateway_processes = sum(1 for role, _ in session_processes(server.process.pid)
+                                              if role == "gateway")
             LOGGER.info("round %d/%d done", round_index + 1, args.rounds)
     except (ServerError, PoolError) as error:
         print(f"error: {error}", file=sys.stderr)
@@ -216,7 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-COLUMNS = ("workers", "protocol", "path", "requests/s", "p50 ms", "p99 ms", "gateway CPU", "gateway ms/req",
+COLUMNS = ("workers", "gateway procs", "protocol", "path", "requests/s", "p50 ms", "p99 ms", "gateway CPU", "gateway ms/req",
            "triton+stub ms/req", "load CPU", "load on")
 
 
@@ -226,13 +229,14 @@ def print_table(args: argparse.Namespace, tallies: dict[tuple[int, str, bool], T
           f"answers a fixed label), {args.concurrency} in flight, one text per request, {args.rounds} interleaved "
           f"round(s) of about {args.seconds:g} s; server on CPUs {list(server_cpus)} (taskset), workers set by "
           f"{args.workers_env}. gateway CPU: cores used by all the gateway's processes; ms/req: CPU per request; "
-          "direct: straight to tritonserver's internal port (no front), the upstream's own ceiling.")
+          "direct: straight to tritonserver's internal port (no front), the upstream's own ceiling. gateway procs: "
+          "the gateway's processes found in the server's process tree (main process + workers).")
     lines = []
     for (workers, protocol, direct), tally in sorted(tallies.items()):
         m = tally.measurement
         requests = max(len(m.latencies), 1)
         upstream = sum(value for role, value in tally.cpu.items() if role not in ("gateway", "other"))
-        lines.append((str(workers), protocol, "direct" if direct else "gateway", f"{m.texts_per_second:.0f}",
+        lines.append((str(workers), str(tally.gateway_processes), protocol, "direct" if direct else "gateway", f"{m.texts_per_second:.0f}",
                       f"{m.percentile_ms(50):.2f}", f"{m.percentile_ms(99):.2f}",
                       f"{tally.cpu['gateway'] / tally.cpu_wall:.2f}" if tally.cpu_wall else "-",
                       f"{1000.0 * tally.cpu['gateway'] / requests:.3f}", f"{1000.0 * upstream / requests:.3f}",

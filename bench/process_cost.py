@@ -70,9 +70,9 @@ def own_role(command: str) -> str | None:
     return None
 
 
-def session_cpu(session: int) -> Counter:
-    """CPU seconds so far of every process of a session, by role (own_role: the gateway, tritonserver, each model's
-    stubs by model name): a process without a role of its own counts with its nearest ancestor that has one (e.g.
+def session_processes(session: int) -> list[tuple[str, float]]:
+    """(role, CPU seconds so far) of every process of a session. A role is own_role's (the gateway, tritonserver,
+    a model's stub by the model's name); a process without one counts with its nearest ancestor that has one (e.g.
     the gateway's worker processes), else as "other"."""
     processes = {}
     for entry in Path("/proc").iterdir():
@@ -88,9 +88,14 @@ def session_cpu(session: int) -> Counter:
             roles[pid] = own_role(command) or (role_of(parent) if parent in processes else "other")
         return roles[pid]
 
+    return [(role_of(pid), cpu) for pid, (_, _, cpu, _) in processes.items()]
+
+
+def session_cpu(session: int) -> Counter:
+    """CPU seconds so far of a session's processes, summed by role (session_processes)."""
     found: Counter = Counter()
-    for pid, (_, _, cpu, _) in processes.items():
-        found[role_of(pid)] += cpu
+    for role, cpu in session_processes(session):
+        found[role] += cpu
     return found
 
 
