@@ -193,8 +193,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            server.http_url if protocol == "http" else server.grpc_url)
                     key = (workers, protocol, direct)
                     pools[key] = Pool.load(protocol, url, MODEL_NAME, texts, args.concurrency, processes, load_cpus)
-                    probe = pools[key].run(max(8, 2 * args.concurrency), warmup=2)
-                    totals[key] = max(2 * args.concurrency, int(probe.texts_per_second * args.seconds))
+                    probe = pools[key].run(max(8, args.concurrency), warmup=1)
+                    totals[key] = max(args.concurrency, int(probe.texts_per_second * args.seconds))
         for round_index in range(args.rounds):
             order = list(pools) if round_index % 2 == 0 else list(reversed(pools))
             for key in order:

@@ -75,8 +75,8 @@ def confinement(server: LocalServer, cpus: Sequence[int]) -> str:
 
 def total_for(pool: Pool, concurrency: int, seconds: float) -> int:
     """Texts per round for about `seconds` (a short untimed probe run first, which also warms the engine up)."""
-    probe = pool.run(max(8, 2 * concurrency), warmup=2)
-    return max(2 * concurrency, int(probe.texts_per_second * seconds))
+    probe = pool.run(max(8, concurrency), warmup=1)
+    return max(concurrency, int(probe.texts_per_second * seconds))
 
 
 def measure_size(size: str, onnx_dir: Path, settings: Any, configs: dict[str, list[str]], cores_list: list[int],

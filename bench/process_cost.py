@@ -157,8 +157,8 @@ class Tally:
 
 
 def total_for(pool: Pool, concurrency: int, seconds: float) -> int:
-    probe = pool.run(max(8, 2 * concurrency), warmup=2)  # untimed: warms the engine up, gives its rate
-    return max(2 * concurrency, int(probe.texts_per_second * seconds))
+    probe = pool.run(max(8, concurrency), warmup=1)  # untimed: warms the engine up, gives its rate
+    return max(concurrency, int(probe.texts_per_second * seconds))
 
 
 def measure_model(onnx_dir: Path, label: str, configs: dict[str, list[str]], protocols: list[str],
