@@ -16,6 +16,12 @@ with --quantized the int8 model's speed and its label agreement with fp32 on hel
 
 The load generator runs in this process, on the same cores as the server: its CPU use is printed on every
 served row ("bench CPU"), next to the server's own ("server CPU").
+
+The sizing mode (--sizes, --cores; bench/matrix.py) serves model shapes (tiny, mini, base: random weights,
+converted with the parity check) with the server's whole process tree confined to N cores (taskset), drives it with
+a load generator in separate processes on the other cores (or on the same ones when none are left, marked
+"shared"), and compares every row with raw ONNX Runtime's best throughput (N single-thread processes) and best
+latency (one session, N threads) on the same N cores, interleaved (docs/benchmark.md).
 """
 from __future__ import annotations
 

@@ -226,7 +226,7 @@ def table(rows: list[tuple[str, dict[str, Tally]]], protocols: list[str], config
                 lines.append((label, protocol, name, f"{raw.ms_per_text():.2f}", f"{served.ms_per_text():.2f}",
                               f"{served.ms_per_text() - raw.ms_per_text():+.2f}",
                               *(f"{served.ms_per_text(role):.3f}" for role in ROLES[:-1]),
-                              f"{served.ms_per_text() - sum(served.ms_per_text(r) for r in ROLES[:-1]):.3f}",
+                              f"{max(0.0, served.ms_per_text() - sum(served.ms_per_text(r) for r in ROLES[:-1])):.3f}",
                               f"{served.texts_per_second:.1f}", f"{best.texts_per_second:.1f}",
                               f"{served.texts_per_second / best.texts_per_second:.2f}" if best.texts_per_second
                               else "-"))
