@@ -73,6 +73,14 @@ def confinement(server: LocalServer, cpus: Sequence[int]) -> str:
     return f"{len(affinities)} server processes, all on CPUs {sorted(cpus)}"
 
 
+def sizing_said(server: LocalServer) -> str:
+    """What the server's start log says it found and chose for its CPUs (the gateway's tritoned.sizing lines), if
+    anything: the sizes a row was served with."""
+    lines = [line.split("tritoned.sizing:", 1)[-1].strip() for line in server.log_tail(10**6).splitlines()
+             if "tritoned.sizing" in line]
+    return "; ".join(lines)
+
+
 def total_for(pool: Pool, concurrency: int, seconds: float) -> int:
     """Texts per round for about `seconds` (a short untimed probe run first, which also warms the engine up)."""
     probe = pool.run(max(8, concurrency), warmup=1)
@@ -105,6 +113,9 @@ def measure_size(size: str, onnx_dir: Path, settings: Any, configs: dict[str, li
         for (cores, config), server in servers.items():
             server.wait_ready()
             confined[(cores, config)] = confinement(server, split_cpus(cores, allowed)[0])
+            said = sizing_said(server)
+            if said:
+                confined[(cores, config)] += f"; sized: {said}"
         from bench.engines import RawOrt
         raw = RawOrt(onnx_dir, texts, threads=1)
         reference = [raw(i) for i in range(len(texts))]
