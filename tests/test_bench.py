@@ -280,3 +280,21 @@ def test_front_ceiling_refuses_bad_options(argv, message, tmp_path) -> None:
                              "--work-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_goals_are_not_judged_when_raw_ort_did_not_get_its_cores(sizing_run) -> None:
+    """On a busy machine raw Nx1 gets less than its N cores and every ratio is noise: the sizing mode then judges
+    no goal. With the real records of the run above, raw Nx1's CPU share decides."""
+    from bench.matrix import BUSY_SHARE, busy_because, goal_lines
+
+    _, results, _ = sizing_run
+    records = results["rows"]
+
+    def with_raw_share(share: float) -> list[dict]:
+        return [dict(r, load_cpu=share * r["cores"]) if r["engine"] == "raw Nx1" else r for r in records]
+
+    reason = busy_because(with_raw_share(BUSY_SHARE / 2))
+    assert reason and "the machine is busy: raw Nx1 got fewer than 80% of its N cores (tiny 1 core(s): " in reason
+    assert busy_because(with_raw_share(1.0)) is None
+    judged = goal_lines(with_raw_share(1.0), judged=True)
+    assert judged and all(re.match(r"(MET   |MISSED) tiny 1 core\(s\) (http|grpc) c(1 |16)", line) for line in judged)
