@@ -16,6 +16,12 @@ with --quantized the int8 model's speed and its label agreement with fp32 on hel
 
 The load generator runs in this process, on the same cores as the server: its CPU use is printed on every
 served row ("bench CPU"), next to the server's own ("server CPU").
+
+The sizing mode (--sizes, --cores; bench/matrix.py) serves model shapes (tiny, mini, base: random weights,
+converted with the parity check) with the server's whole process tree confined to N cores (taskset), drives it with
+a load generator in separate processes on the other cores (or on the same ones when none are left, marked
+"shared"), and compares every row with raw ONNX Runtime's best throughput (N single-thread processes) and best
+latency (one session, N threads) on the same N cores, interleaved (docs/benchmark.md).
 """
 from __future__ import annotations
 
@@ -38,6 +44,9 @@ from bench.engines import HfPipeline, RawOrt, labels_of, max_length_of  # noqa: 
 from bench.loadgen import Measurement, closed_loop, http_bodies, make_workers, sequential  # noqa: E402
 from bench.local_server import LocalServer, ServerError, assemble, stats_delta, stop_all  # noqa: E402
 from bench.texts import long_texts, short_pairs, short_texts  # noqa: E402
+from bench import matrix  # noqa: E402
+from bench.pool import PoolError  # noqa: E402
+from bench.shapes import ShapeError  # noqa: E402
 
 LOGGER = logging.getLogger("bench")
 DEMO_HF = ROOT / "build" / "demo" / "hf"
@@ -478,7 +487,10 @@ def build_parser() -> argparse.ArgumentParser:
                "  ./bench/run.sh --quick              # smoke test, well under a minute (goals not judged)\n"
                "  ./bench/run.sh --sets pairs         # pairs of short texts (--text-pair), about 1.5 minutes\n"
                "  ./bench/run.sh --config default= --config m1t2='--model-instances 1 --ort-threads 2'\n"
-               "                                      # compare server settings side by side in one run\n")
+               "                                      # compare server settings side by side in one run\n"
+               "  ./bench/run.sh --sizes tiny,mini,base --cores 1,2\n"
+               "                                      # sizing mode: sizes x cores x 1,16,64 in flight vs raw ORT\n"
+               "  ./bench/run.sh --sizes mini --cores 2 --quick   # its smoke test\n")
     parser.add_argument("--hf-dir", type=Path, default=None,
                         help=f"the Hugging Face model (PyTorch pipeline, --fuse/--quantized conversions); default "
                              f"{DEMO_HF.relative_to(ROOT)}, built by utils/build_demo_model.py when missing")
@@ -495,12 +507,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="server settings to serve side by side: make_triton_image.sh options, e.g. "
                              "m2t1='--model-instances 2 --ort-threads 1'; repeatable (default: default= , the "
                              "template's defaults)")
-    parser.add_argument("--sets", type=csv_list(str), default=["short", "long"],
+    parser.add_argument("--sets", type=csv_list(str), default=None,
                         help="text sets: short, long, pairs (pairs of short texts, served by the model assembled "
                              "with --text-pair; its conversion must have passed the parity check on pairs) "
-                             "(default short,long)")
-    parser.add_argument("--concurrency", type=csv_list(int), default=[1, 4, 16],
-                        help="requests in flight (default 1,4,16)")
+                             "(default short,long; sizing mode short)")
+    parser.add_argument("--concurrency", type=csv_list(int), default=None,
+                        help="requests in flight (default 1,4,16; sizing mode 1,16,64)")
     parser.add_argument("--protocols", type=csv_list(str), default=["http", "grpc"], help="default http,grpc")
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 2; --quick 1)")
     parser.add_argument("--seconds", type=float, default=None,
@@ -515,18 +527,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--front-cost", action="store_true",
                         help="also send every served round straight to tritonserver's internal port behind the gateway "
                              "(\"direct\" rows, same server, interleaved) and print what the front costs")
+    parser.add_argument("--sizes", type=csv_list(str), default=None,
+                        help="sizing mode: model sizes to build (random weights) and serve: tiny (rubert-tiny2 shape), "
+                             "mini (MiniLM-L6 shape), base (BERT-base shape); each against raw ONNX Runtime's best "
+                             "throughput (N processes x 1 thread) and best latency (1 x N threads) on the same N "
+                             "cores (default with --cores: mini)")
+    parser.add_argument("--cores", type=csv_list(int), default=None,
+                        help="sizing mode: confine the server (its whole process tree, taskset) to the first N of "
+                             "this process's CPUs, for each N given, e.g. 1,2; the load generator runs in separate "
+                             "processes on the other CPUs, or on the same ones when none are left (default with "
+                             f"--sizes: 1 and all {len(os.sched_getaffinity(0))})")
+    parser.add_argument("--load-processes", type=int, default=0,
+                        help="sizing mode: processes of the load generator (default 0: one per CPU it runs on)")
     parser.add_argument("--json", type=Path, help="also write the results here (default WORK_DIR/results.json)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
 
 def settings_from(args: argparse.Namespace, parser: argparse.ArgumentParser) -> Settings:
+    if args.sets is None:
+        args.sets = ["short"] if args.sizes is not None or args.cores is not None else ["short", "long"]
     unknown = [s for s in args.sets if s not in SETS]
     if unknown:
         parser.error(f"--sets: unknown set(s) {unknown}; choose from {','.join(SETS)}")
     bad = [p for p in args.protocols if p not in ("http", "grpc")]
     if bad:
         parser.error(f"--protocols: unknown protocol(s) {bad}; choose from http,grpc")
+    sizing = args.sizes is not None or args.cores is not None
+    if args.concurrency is None:
+        args.concurrency = [1, 16, 64] if sizing else [1, 4, 16]
     if not args.concurrency or min(args.concurrency) < 1:
         parser.error("--concurrency: give positive integers, e.g. 1,4,16")
     rounds = args.rounds if args.rounds is not None else (1 if args.quick else 2)
@@ -558,6 +587,30 @@ def resolve_models(args: argparse.Namespace, python: str) -> tuple[Path | None, 
     return hf_dir, onnx_dir
 
 
+def main_sizing(args: argparse.Namespace, parser: argparse.ArgumentParser, settings: Settings,
+                configs: dict[str, list[str]], python: str, work_dir: Path, started: float) -> int:
+    """The sizing mode (--sizes, --cores): bench/matrix.py."""
+    sizes = args.sizes or ["mini"]
+    allowed = len(os.sched_getaffinity(0))
+    cores = args.cores or sorted({1, allowed})
+    problem = matrix.check(sizes, cores, settings.sets, args.load_processes)
+    if problem:
+        parser.error(problem)
+    try:
+        records = matrix.run(sizes, cores, settings, configs, args.load_processes, work_dir, python,
+                             not_judged_because(args.quick, settings), texts_of)
+    except (BenchError, ServerError, ShapeError, PoolError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"\nTotal time {time.monotonic() - started:.0f} s.")
+    output = args.json or work_dir / "results.json"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps({"settings": settings.__dict__, "configs": configs, "sizes": sizes, "cores": cores,
+                                  "rows": records}, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(f"Results: {output}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -571,6 +624,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configs = dict(args.config or [("default", [])])
     servers: dict[tuple[str, str, bool], LocalServer] = {}
     started = time.monotonic()
+    if args.sizes is not None or args.cores is not None:
+        return main_sizing(args, parser, settings, configs, python, work_dir, started)
     try:
         hf_dir, onnx_dir = resolve_models(args, python)
         variants = {"fp32": onnx_dir}

@@ -8,17 +8,21 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # imported by a script run as `python bench/x.py`
+    sys.path.insert(0, str(ROOT))
+
+from gateway.tritonserver import InternalPorts  # noqa: E402
 READY_TIMEOUT_S = 180
 STOP_TIMEOUT_S = 30
 PORT_TAKEN = ("already in use", "Address in use", "Failed to bind", "address already")
@@ -55,15 +59,24 @@ def max_sequence_length(repository: Path) -> int:
     return int(match.group(1))
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+def free_ports(count: int = 3) -> list[int]:
+    """`count` free 127.0.0.1 ports, picked as the gateway picks tritonserver's internal ports (InternalPorts.pick,
+    three at a time: the one home of the bind-to-port-0 trick)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        ports.extend(astuple(InternalPorts.pick()))
+    return ports[:count]
+
+
+def pin_command(cpus: Sequence[int]) -> list[str]:
+    """The command prefix that runs a program, and every process it starts, on `cpus` only (taskset -c)."""
+    allowed = os.sched_getaffinity(0)
+    if not cpus or not set(cpus) <= allowed:
+        raise ServerError(f"cannot confine the server to CPUs {sorted(cpus)}: this process may use "
+                          f"{sorted(allowed)} only")
+    if shutil.which("taskset") is None:
+        raise ServerError("taskset (util-linux) is missing: install it to confine the server to given cores")
+    return ["taskset", "-c", ",".join(str(cpu) for cpu in sorted(cpus))]
 
 
 def http_ready(http_url: str) -> bool:
@@ -128,6 +141,9 @@ class LocalServer:
     extra_args  more serve_local.sh arguments, placed after the ports (serve_local.sh takes the last value of an
                 option, so a port given here wins); tritonserver's own arguments go after "--"
     checkout    the checkout whose serve_local.sh runs (default: this one; e.g. a fresh clone in a test)
+    cpus        the CPUs (as os.sched_getaffinity numbers them) the whole server may run on: serve_local.sh starts
+                under `taskset -c`, and the gateway, tritonserver and every backend stub inherit the affinity;
+                None: all of this process's CPUs
     """
 
     repository: Path | str
@@ -137,6 +153,7 @@ class LocalServer:
     env: dict[str, str] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     checkout: Path = ROOT
+    cpus: Sequence[int] | None = None
     http_port: int = 0
     grpc_port: int = 0
     metrics_port: int = 0
@@ -160,6 +177,8 @@ class LocalServer:
         self.http_port, self.grpc_port, self.metrics_port = free_ports(3)
         command = [str(self.checkout / "serve_local.sh"), str(self.repository), "--http-port", str(self.http_port),
                    "--grpc-port", str(self.grpc_port), "--metrics-port", str(self.metrics_port), *self.extra_args]
+        if self.cpus is not None:
+            command = [*pin_command(self.cpus), *command]
         env = {**os.environ, "TRITONED_PYTHON": self.python,
                **({"TRITONED_BUILD_DIR": str(self.build_dir)} if self.build_dir is not None else {}), **self.env}
         with open(self.log, "wb") as output:
@@ -236,6 +255,17 @@ class LocalServer:
             if info is not None:
                 processes.append((pid, info[0], info[1]))
         return processes
+
+    def affinities(self) -> dict[int, frozenset[int]]:
+        """The CPUs each process of the server's tree (serve_local.sh or the gateway it became, and every process
+        below) may run on (sched_getaffinity), by pid."""
+        found = {}
+        for pid in [self.process.pid, *descendants(self.process.pid)] if self.process is not None else []:
+            try:
+                found[pid] = frozenset(os.sched_getaffinity(pid))
+            except OSError:  # gone meanwhile
+                continue
+        return found
 
     def rss_bytes(self) -> int:
         return sum(rss for _, _, rss in self.server_processes())

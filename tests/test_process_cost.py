@@ -1,32 +1,77 @@
-"""Smoke test of bench/process_cost.py on a tiny BERT: two real servers (model metrics on and off), one short round;
-the table has every process of the ensemble with positive CPU per text, and the differences add up."""
+"""Smoke test of bench/process_cost.py on a tiny BERT: two real servers (model metrics on and off) over HTTP and gRPC,
+one short round, against raw ONNX Runtime; the table has every process of the server with positive CPU per text, the
+parts add up to the served total, and "outside the model" is the served total minus raw."""
 from __future__ import annotations
 
 import re
 import subprocess
 import sys
 
+import pytest
+
 from conftest import ROOT
 
-PROCESSES = ("model_onnx", "post_processing", "text_preprocessing", "tritonserver")
+sys.path.insert(0, str(ROOT))  # the bench package
+
+ROLES = ("gateway", "tritonserver", "text_preprocessing", "model_onnx", "post_processing")
+COLUMNS = ["model", "protocol", "config", "raw", "served", "outside the model", *ROLES, "other", "served texts/s",
+           "raw Nx1 texts/s", "served/raw"]
 
 
 def test_table_per_process(tiny_artifacts, tmp_path) -> None:
     artifacts = tiny_artifacts("bert")
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "process_cost.py"), "--onnx-dir", str(artifacts.out_dir),
-         "--config", "on=", "--config", "off=--no-model-metrics", "--sets", "short", "--rounds", "1",
-         "--seconds", "0.5", "--concurrency", "4", "--work-dir", str(tmp_path)],
+         "--config", "on=", "--config", "off=--no-model-metrics", "--protocols", "http,grpc", "--quick",
+         "--concurrency", "4", "--work-dir", str(tmp_path)],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
     lines = result.stdout.strip().splitlines()
-    assert re.match(r"server CPU ms per text, short texts \(on: \d+ texts, off: \d+ texts\)", lines[0]), lines
-    assert lines[1].split() == ["process", "on", "off", "vs"]
-    rows = {line.split()[0]: line.split()[1:] for line in lines[2:]}
-    assert set(PROCESSES) <= set(rows) and "total" in rows, rows
-    for process in PROCESSES:
-        on, off, difference = (float(cell) for cell in rows[process])
-        assert on > 0 and off > 0, (process, rows)
-        assert abs(off - on - difference) < 0.0015, (process, rows)
-    parts = sum(float(cells[0]) for name, cells in rows.items() if name != "total")
-    assert abs(float(rows["total"][0]) - parts) < 0.01, rows
+    assert re.match(r"CPU ms per text by process, short texts, one text per request, 4 in flight, 1 interleaved",
+                    lines[0]), lines
+    start = next(i for i, line in enumerate(lines) if line.split()[:1] == ["model"])
+    assert re.split(r"\s{2,}", lines[start].strip()) == COLUMNS
+    rows = [re.split(r"\s{2,}", line.strip()) for line in lines[start + 2:]]
+    assert {(row[1], row[2]) for row in rows} == {(p, c) for p in ("http", "grpc") for c in ("on", "off")}, rows
+    for row in rows:
+        figures = dict(zip(COLUMNS, row))
+        raw, served, outside = float(figures["raw"]), float(figures["served"]), float(figures["outside the model"])
+        assert raw > 0 and served > 0, row
+        assert abs(served - raw - outside) < 0.015, row
+        for role in ROLES:
+            assert float(figures[role]) > 0, (role, row)
+        parts = sum(float(figures[role]) for role in (*ROLES, "other"))
+        assert abs(parts - served) < 0.02, row
+        assert float(figures["served texts/s"]) > 0 and float(figures["raw Nx1 texts/s"]) > 0
+        assert float(figures["served/raw"]) > 0
+
+
+def test_roles_by_command_line_and_process_tree() -> None:
+    """Roles from real command lines of the server's processes; a gateway worker counts as the gateway whatever
+    its own command line."""
+    from bench.process_cost import own_role
+
+    assert own_role("/v/bin/python -m gateway --host 127.0.0.1 -- /p/bin/tritonserver --model-repository=/r") \
+        == "gateway"
+    assert own_role("/v/bin/python -m gateway.worker --index 1 --control 9") == "gateway"
+    assert own_role("/p/tritonserver/bin/tritonserver --disable-auto-complete-config") == "tritonserver"
+    assert own_role("/b/python/triton_python_backend_stub /r/model_onnx/1/model.onnx tritoned_shm_1 1048576 "
+                    "1048576 77 /b/python 336 model_onnx_0_1 DEFAULT") == "model_onnx"
+    assert own_role("/b/python/triton_python_backend_stub /tmp/sized/text_preprocessing/1/model.py shm") \
+        == "text_preprocessing"
+    assert own_role("bash ./serve_local.sh repo") is None
+    assert own_role("/v/bin/python -c from multiprocessing.spawn import spawn_main") is None  # takes its parent's
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sizes", "huge"], "--sizes takes tiny,mini,base"),
+    (["--protocols", "udp"], "--protocols takes http,grpc"),
+    (["--sets", "pairs"], "--sets takes short,long"),
+    (["--config", "bad name=--x"], "expected NAME=OPTIONS"),
+    (["--concurrency", "0", "--sizes", "tiny"], "must be positive"),
+])
+def test_refuses_bad_options(argv, message, tmp_path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "bench" / "process_cost.py"), *argv,
+                             "--work-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not list(tmp_path.iterdir())
