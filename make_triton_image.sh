@@ -263,7 +263,7 @@ export_model_batching() {
 
 # The sizes the configs are rendered with: the options' numbers, and for auto the values that suit any machine
 # when served as they are (one instance, ONNX Runtime's one thread per core): the gateway renders the sized copy
-# at start (gateway/sizing.py, gateway/sized_repository.py) from sizing.json.
+# at start (gateway/sizing.py, gateway/sized_repository.py) from the manifest's sizing (write_manifest).
 export_sizing() {
   # $((10#N)): a leading zero would make the config's number octal.
   export PREPROCESSING_INSTANCES="$((10#${SIZE_PREPROCESSING_INSTANCES/#auto/1}))"
@@ -272,19 +272,6 @@ export_sizing() {
   export BATCH_DELAY_US="$((10#${SIZE_BATCH_DELAY_US/#auto/0}))"
   # model_onnx's dynamic batcher may join the texts of this many client requests into one run.
   export INTERNAL_MAX_BATCH_SIZE=$(( MAX_BATCH_SIZE > 64 ? MAX_BATCH_SIZE : 64 ))
-}
-
-# sizing.json at the repository's root: which sizes the build fixed and whether model_onnx may batch requests.
-write_sizing_file() {
-  local repo="$1" value name json="" batching=true
-  [[ "$QUANTIZED" != 1 ]] || batching=false
-  for name in preprocessing_instances:"$SIZE_PREPROCESSING_INSTANCES" model_instances:"$SIZE_MODEL_INSTANCES" \
-              ort_threads:"$SIZE_ORT_THREADS" batch_delay_us:"$SIZE_BATCH_DELAY_US"; do
-    value="${name#*:}"
-    if [[ "$value" == auto ]]; then value='"auto"'; else value="$((10#$value))"; fi
-    json+="  \"${name%%:*}\": $value,"$'\n'
-  done
-  printf '{\n  "format": 1,\n%s  "model_batching": %s\n}\n' "$json" "$batching" > "$repo/sizing.json"
 }
 
 # Build the whole context in a fresh directory; it replaces build/MODEL_NAME only when complete.
@@ -313,7 +300,6 @@ assemble() {
   find "$repo" -name '__pycache__' -prune -exec rm -rf {} +
   "$ROOT/process_template.sh" "$repo"
   write_manifest "$python" "$repo" "$id2label"
-  write_sizing_file "$repo"
   cp "$ROOT/Dockerfile" "$ROOT/requirements-serving.txt" "$ROOT/docker/serve_image.sh" "$ROOT/docker/healthcheck" \
      "$staging/context/"
   mkdir -p "$staging/context/gateway"
@@ -322,15 +308,19 @@ assemble() {
   [[ -z "$WHEELHOUSE" ]] || cp "$WHEELHOUSE"/*.whl "$staging/context/wheels/"
 }
 
-# The repository's manifest tritoned.json (utils/write_manifest.py): the facts the run-time side reads.
+# The repository's manifest tritoned.json (utils/write_manifest.py): the facts the run-time side reads, with
+# the sizes the build fixed ("auto": the gateway sizes at start) and whether model_onnx may batch requests.
 write_manifest() {
   local python="$1" repo="$2" id2label="$3" args=()
+  [[ "$QUANTIZED" != 1 ]] || args+=(--no-model-batching)
   [[ "$TEXT_PAIR" == 0 ]] || args+=(--text-pair)
   [[ "$MULTI_LABEL" == 0 ]] || args+=(--label-threshold "$LABEL_THRESHOLD")
   [[ "$STANDIN" == 1 || "$BASE_IMAGE" != "$NGC_IMAGE:$TRITON_RELEASE-py3" ]] || args+=(--triton-release "$TRITON_RELEASE")
   "$python" "$ROOT/utils/write_manifest.py" "$repo" --ensemble "$MODEL_NAME" --id2label "$id2label" \
     --max-batch-size "$MAX_BATCH_SIZE" --function "$FUNCTION_TO_APPLY" --pipeline-function "$PIPELINE_FUNCTION" \
-    --max-sequence-length "$MAX_SEQUENCE_LENGTH" "${args[@]}" || fail "could not write the manifest tritoned.json"
+    --max-sequence-length "$MAX_SEQUENCE_LENGTH" --preprocessing-instances "$SIZE_PREPROCESSING_INSTANCES" \
+    --model-instances "$SIZE_MODEL_INSTANCES" --ort-threads "$SIZE_ORT_THREADS" \
+    --batch-delay-us "$SIZE_BATCH_DELAY_US" "${args[@]}" || fail "could not write the manifest tritoned.json"
 }
 
 docker_build() {

@@ -1,21 +1,42 @@
 """The repository manifest `tritoned.json` (written by make_triton_image.sh at the root of every assembled model
-repository): the served model's facts for the run-time side, read here once. Standard library only."""
+repository): the served model's facts for the run-time side, read here once. Standard library only.
+
+Format 2 added the member `sizing` (it was the separate file sizing.json): which sizes the build fixed and which
+are "auto" (gateway/sizing.py chooses those at start), and whether model_onnx may batch requests together."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 FILE_NAME = "tritoned.json"
-FORMAT = 1
+FORMAT = 2
 FUNCTIONS = ("softmax", "sigmoid", "none")
 REPOSITORY_OPTIONS = ("--model-repository", "--model-store")  # tritonserver's option and its old alias
 FIX = "rebuild the repository with ./make_triton_image.sh (it writes the manifest)"
 
 
+AUTO = "auto"
+# The sizes the build may fix (make_triton_image.sh --preprocessing-instances, ...) and the least each may be.
+SIZE_MINIMUMS = {"preprocessing_instances": 1, "model_instances": 1, "ort_threads": 0, "batch_delay_us": 0}
+
+
 class ManifestError(ValueError):
     """A missing or malformed manifest; the message names the file and the fix."""
+
+
+@dataclass(frozen=True)
+class BuildSizing:
+    """The manifest's `sizing`: what the build fixed (None = auto), and whether model_onnx may batch requests."""
+    model_instances: int | None = None
+    ort_threads: int | None = None
+    preprocessing_instances: int | None = None
+    batch_delay_us: int | None = None
+    model_batching: bool = True
+
+    def explicit(self) -> dict[str, int]:
+        return {k: v for k, v in asdict(self).items() if k != "model_batching" and v is not None}
 
 
 @dataclass(frozen=True)
@@ -31,6 +52,7 @@ class Manifest:
     label_threshold: float | None
     max_sequence_length: int
     triton_release: str | None
+    sizing: BuildSizing
     format: int = FORMAT
 
     @property
@@ -62,6 +84,27 @@ def _strings(data: dict[str, Any], name: str, path: Path) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _sizing(data: dict[str, Any], path: Path) -> BuildSizing:
+    sizing = _field(data, "sizing", dict, path)
+    values: dict[str, int | None] = {}
+    for name, minimum in SIZE_MINIMUMS.items():
+        value = sizing.get(name, AUTO)
+        if value == AUTO:
+            values[name] = None
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
+            values[name] = value
+        else:
+            raise ManifestError(f"{path}: sizing.{name} must be \"{AUTO}\" or an integer >= {minimum}, got {value!r}; "
+                                f"{FIX}")
+    batching = sizing.get("model_batching", True)
+    if not isinstance(batching, bool):
+        raise ManifestError(f"{path}: sizing.model_batching must be true or false, got {batching!r}; {FIX}")
+    unknown = sorted(set(sizing) - set(SIZE_MINIMUMS) - {"model_batching"})
+    if unknown:
+        raise ManifestError(f"{path}: sizing has unknown member(s) {', '.join(unknown)}; {FIX}")
+    return BuildSizing(**values, model_batching=batching)
+
+
 def parse(data: Any, path: Path) -> Manifest:
     if not isinstance(data, dict):
         raise ManifestError(f"{path}: not a JSON object; {FIX}")
@@ -78,7 +121,7 @@ def parse(data: Any, path: Path) -> Manifest:
         function_to_apply=functions["function_to_apply"], pipeline_function=functions["pipeline_function"],
         label_threshold=_field(data, "label_threshold", (int, float), path, nullable=True),
         max_sequence_length=_field(data, "max_sequence_length", int, path),
-        triton_release=_field(data, "triton_release", str, path, nullable=True))
+        triton_release=_field(data, "triton_release", str, path, nullable=True), sizing=_sizing(data, path))
     if not manifest.labels or manifest.max_batch_size < 1 or manifest.max_sequence_length < 1:
         raise ManifestError(f"{path}: 'labels' must not be empty and 'max_batch_size', 'max_sequence_length' must be "
                             f"positive; {FIX}")

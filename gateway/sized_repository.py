@@ -16,7 +16,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .sizing import SIZING_FILE, BuildSizing, Sizes, SizingError, choose, find_cpus
+from .manifest import FILE_NAME as MANIFEST_FILE
+from .sizing import Sizes, SizingError, build_sizing, choose, find_cpus
 
 log = logging.getLogger("tritoned.sizing")
 
@@ -107,14 +108,15 @@ def _repository_argument(args: list[str]) -> tuple[int, Path] | None:
 
 def sized(tritonserver: list[str]) -> list[str]:
     """The tritonserver command with --model-repository pointing at a sized copy, when the repository has a
-    sizing.json (make_triton_image.sh writes one); otherwise unchanged. Logs what it found and chose."""
+    manifest tritoned.json (make_triton_image.sh writes one, with the build's sizing); otherwise unchanged. Logs
+    what it found and chose; SizingError when the manifest is malformed."""
     found = _repository_argument(tritonserver)
     report = find_cpus()
-    if found is None or not (found[1] / SIZING_FILE).is_file():
-        log.info("%s; the repository has no %s: served as configured", report.describe(), SIZING_FILE)
+    if found is None or not (found[1] / MANIFEST_FILE).is_file():
+        log.info("%s; the repository has no %s: served as configured", report.describe(), MANIFEST_FILE)
         return tritonserver
     index, source = found
-    sizes, how = choose(report, BuildSizing.load(source / SIZING_FILE))
+    sizes, how = choose(report, build_sizing(source))
     target = render(source, sizes)
     log.info("%s", report.describe())
     log.info("%s: model_onnx %d instance(s) x %d ONNX Runtime thread(s), %d tokenizer instance(s), batch delay %d us "

@@ -7,8 +7,9 @@ thread beyond the quota is throttled for the rest of each CFS period. TRITONED_C
 docker run -e TRITONED_CPUS=N) overrides what is found.
 
 The sizes (policy()): model instances, ONNX Runtime intra-op threads per instance, tokenizer instances and the
-dynamic batchers' delay. The repository's sizing.json (written by make_triton_image.sh) says which of them the
-build fixed; the others are "auto" and come from the CPUs. TRITONED_CPUS overrides the build's numbers too.
+dynamic batchers' delay. The member `sizing` of the repository's manifest tritoned.json (written by
+make_triton_image.sh, read by gateway/manifest.py) says which of them the build fixed; the others are "auto" and come
+from the CPUs. TRITONED_CPUS overrides the build's numbers too.
 """
 from __future__ import annotations
 
@@ -21,15 +22,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Mapping
 
+from . import manifest
+from .manifest import BuildSizing
+
 log = logging.getLogger("tritoned.sizing")
 
 CPUS_ENV = "TRITONED_CPUS"
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 PROC_SELF_CGROUP = Path("/proc/self/cgroup")
-# The file make_triton_image.sh writes at the root of the repository: which sizes the build fixed.
-SIZING_FILE = "sizing.json"
-SIZING_FORMAT = 1
-AUTO = "auto"
 # A fraction of a CPU from this much up counts as a whole one.
 ROUND_UP_FROM = 0.75
 # One ONNX Runtime session scales well up to about this many threads for a batch of short texts; beyond it a second
@@ -43,7 +43,7 @@ CPUS_PER_TOKENIZER = 8
 
 
 class SizingError(ValueError):
-    """A bad TRITONED_CPUS or sizing.json: the message names it and the fix."""
+    """A bad TRITONED_CPUS or sizing in tritoned.json: the message names it and the fix."""
 
 
 @dataclass(frozen=True)
@@ -210,41 +210,13 @@ class Sizes:
     batch_delay_us: int
 
 
-@dataclass(frozen=True)
-class BuildSizing:
-    """sizing.json: what the build fixed (None = auto), and whether model_onnx may batch requests together."""
-    model_instances: int | None = None
-    ort_threads: int | None = None
-    preprocessing_instances: int | None = None
-    batch_delay_us: int | None = None
-    model_batching: bool = True
-
-    @classmethod
-    def load(cls, path: Path) -> "BuildSizing":
-        fix = f"reassemble the repository with ./make_triton_image.sh (it writes {SIZING_FILE})"
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError) as error:
-            raise SizingError(f"{path}: cannot read it ({error}); {fix}") from None
-        if not isinstance(data, dict) or data.get("format") != SIZING_FORMAT:
-            raise SizingError(f"{path}: not a sizing file of format {SIZING_FORMAT}; {fix}")
-        values: dict[str, int | None] = {}
-        for name, minimum in (("model_instances", 1), ("ort_threads", 0), ("preprocessing_instances", 1),
-                              ("batch_delay_us", 0)):
-            value = data.get(name, AUTO)
-            if value == AUTO:
-                values[name] = None
-            elif isinstance(value, int) and not isinstance(value, bool) and value >= minimum:
-                values[name] = value
-            else:
-                raise SizingError(f"{path}: {name} must be \"{AUTO}\" or an integer >= {minimum}, got {value!r}; {fix}")
-        batching = data.get("model_batching", True)
-        if not isinstance(batching, bool):
-            raise SizingError(f"{path}: model_batching must be true or false, got {batching!r}; {fix}")
-        return cls(**values, model_batching=batching)
-
-    def explicit(self) -> dict[str, int]:
-        return {k: v for k, v in asdict(self).items() if k != "model_batching" and v is not None}
+def build_sizing(repository: Path) -> BuildSizing:
+    """What the build of `repository` fixed: the member `sizing` of its manifest; SizingError naming the file and the
+    fix when the manifest is missing or malformed."""
+    try:
+        return manifest.load(repository).sizing
+    except manifest.ManifestError as error:
+        raise SizingError(str(error)) from None
 
 
 def policy(cpus: int, model_batching: bool = True) -> Sizes:
@@ -286,11 +258,12 @@ def main(argv: list[str] | None = None) -> int:
                                                  "the server would choose for them (see the module's docstring).")
     parser.add_argument("--cgroup-root", type=Path, default=CGROUP_ROOT, help="default %(default)s")
     parser.add_argument("--proc-self-cgroup", type=Path, default=PROC_SELF_CGROUP, help="default %(default)s")
-    parser.add_argument("--repository", type=Path, help=f"a model repository whose {SIZING_FILE} to apply")
+    parser.add_argument("--repository", type=Path,
+                        help=f"a model repository whose build sizing ({manifest.FILE_NAME}) to apply")
     args = parser.parse_args(argv)
     try:
         report = find_cpus(args.cgroup_root, args.proc_self_cgroup)
-        build = BuildSizing.load(args.repository / SIZING_FILE) if args.repository else BuildSizing()
+        build = build_sizing(args.repository) if args.repository else BuildSizing()
     except SizingError as error:
         parser.exit(2, f"sizing: {error}\n")
     sizes, how = choose(report, build)

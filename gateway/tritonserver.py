@@ -13,7 +13,7 @@ from pathlib import Path
 
 from . import lockdown
 from .sized_repository import sized  # noqa: F401  (the gateway's hook: the sized copy of the repository)
-from .sizing import SizingError  # noqa: F401  (a bad TRITONED_CPUS or sizing.json: exit 2 with its message)
+from .sizing import SizingError  # noqa: F401  (a bad TRITONED_CPUS or tritoned.json: exit 2 with its message)
 
 log = logging.getLogger("tritoned.tritonserver")
 

@@ -59,11 +59,12 @@ def backend_stub_count(repository: Path) -> int:
     sizes them at start (gateway/sizing.py; make_triton_image.sh --model-instances / --preprocessing-instances;
     the ensemble itself has none)."""
     from gateway.sized_repository import sized_config
-    from gateway.sizing import SIZING_FILE, BuildSizing, choose, find_cpus
+    from gateway.manifest import FILE_NAME
+    from gateway.sizing import build_sizing, choose, find_cpus
 
     sizes = None
-    if (repository / SIZING_FILE).is_file():  # served as the gateway sizes it for this process's CPUs
-        sizes, _ = choose(find_cpus(), BuildSizing.load(repository / SIZING_FILE))
+    if (repository / FILE_NAME).is_file():  # served as the gateway sizes it for this process's CPUs
+        sizes, _ = choose(find_cpus(), build_sizing(repository))
     total = 0
     for config in repository.glob("*/config.pbtxt"):
         text = config.read_text(encoding="utf-8")

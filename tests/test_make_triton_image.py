@@ -251,14 +251,14 @@ def test_threshold_on_a_model_that_is_not_multi_label(good: Artifacts, tmp_path:
 
 
 def test_sizing_options_default_to_auto_and_numbers_are_kept(good: Artifacts, tmp_path: Path) -> None:
-    """sizing.json says which sizes the build fixed (the gateway sizes the others at start, gateway/sizing.py);
-    model_onnx batches requests of any lengths, up to more texts than one client request holds."""
-    from gateway.sizing import BuildSizing
+    """The manifest's sizing says which sizes the build fixed (the gateway sizes the others at start,
+    gateway/sizing.py); model_onnx batches requests of any lengths, up to more texts than one client request holds."""
+    from gateway.sizing import build_sizing
 
     result = make_image(good, tmp_path / "b", "--no-build", "--ort-threads", "3", "--batch-delay-us", "0100")
     assert result.returncode == 0, result.stderr
     repo = tmp_path / "b" / "ensemble_model" / "context" / "model_repository"
-    build = BuildSizing.load(repo / "sizing.json")
+    build = build_sizing(repo)
     assert build.explicit() == {"ort_threads": 3, "batch_delay_us": 100} and build.model_batching
     onnx = (repo / "model_onnx" / "config.pbtxt").read_text()
     assert 'string_value: "3"' in onnx and "max_queue_delay_microseconds: 100" in onnx
@@ -345,12 +345,13 @@ def test_the_manifest_states_the_single_label_models_facts(good: Artifacts, tmp_
     assert result.returncode == 0, result.stderr
     repository = tmp_path / "b" / "intents" / "context" / "model_repository"
     assert manifest(tmp_path / "b", "intents") == {
-        "format": 1, "ensemble": "intents", "inputs": ["text_input"], "outputs": ["label", "score", "probabilities"],
+        "format": 2, "ensemble": "intents", "inputs": ["text_input"], "outputs": ["label", "score", "probabilities"],
         "string_outputs": ["label"], "max_batch_size": 8, "labels": [good.labels()[str(i)] for i in range(4)],
         "function_to_apply": "softmax", "pipeline_function": "softmax", "label_threshold": None,
         "max_sequence_length": int(re.search(r'max_sequence_length".*?string_value: "(\d+)"',
                                              (repository / "text_preprocessing" / "config.pbtxt").read_text())[1]),
-        "triton_release": "26.07"}
+        "triton_release": "26.07", "sizing": {"preprocessing_instances": "auto", "model_instances": "auto",
+                                              "ort_threads": "auto", "batch_delay_us": "auto", "model_batching": True}}
     assert [path.name for path in repository.iterdir() if path.is_file()] == ["tritoned.json"]
 
 

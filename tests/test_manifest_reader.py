@@ -4,6 +4,7 @@ tritonserver's arguments. No server: the reader is plain file parsing."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,16 +32,29 @@ def test_reads_what_make_triton_image_writes(kind: str, tmp_path: Path) -> None:
     assert facts.labels == tuple(data["labels"]) and facts.max_batch_size == 4 and facts.max_sequence_length == 128
     assert facts.takes_pairs == (kind == "pair_reranker") and facts.is_reranker == (kind == "pair_reranker")
     assert facts.label_threshold == data["label_threshold"] and facts.string_outputs == tuple(data["string_outputs"])
+    assert facts.sizing == manifest.BuildSizing()  # all auto, batched
+
+
+def test_reads_the_sizes_the_build_fixed(tmp_path: Path) -> None:
+    data = written("ensemble_model", max_batch_size=4, max_sequence_length=128, sizes={"ort_threads": 3,
+                   "batch_delay_us": 0}, model_batching=False, **KINDS["single"])
+    (tmp_path / manifest.FILE_NAME).write_text(json.dumps(data), encoding="utf-8")
+    facts = manifest.load(tmp_path).sizing
+    assert facts.explicit() == {"ort_threads": 3, "batch_delay_us": 0} and not facts.model_batching
 
 
 BROKEN = {
     "not_json": ("{", "is not valid JSON"),
     "a_list": ("[]", "not a JSON object"),
-    "old_format": (json.dumps({"format": 0}), "format 0 is not 1"),
+    "old_format": (json.dumps({"format": 1}), "format 1 is not 2"),
     "bad_function": (None, "'function_to_apply' is 'tanh'"),
     "labels_not_strings": (None, "'labels' must be a list of strings"),
     "batch_a_string": (None, "'max_batch_size' has the wrong type"),
     "missing_member": (None, "member 'ensemble' is missing"),
+    "sizing_missing": (None, "member 'sizing' is missing"),
+    "sizing_not_an_object": (None, "member 'sizing' has the wrong type (list)"),
+    "sizing_zero_instances": (None, "sizing.model_instances must be \"auto\" or an integer >= 1, got 0"),
+    "sizing_batching_a_string": (None, "sizing.model_batching must be true or false, got 'no'"),
 }
 
 
@@ -56,6 +70,14 @@ def test_a_malformed_manifest_names_the_file_and_the_fix(case: str, tmp_path: Pa
             data["labels"] = [0, 1]
         elif case == "batch_a_string":
             data["max_batch_size"] = "4"
+        elif case == "sizing_missing":
+            del data["sizing"]
+        elif case == "sizing_not_an_object":
+            data["sizing"] = ["auto"]
+        elif case == "sizing_zero_instances":
+            data["sizing"]["model_instances"] = 0
+        elif case == "sizing_batching_a_string":
+            data["sizing"]["model_batching"] = "no"
         else:
             del data["ensemble"]
         text = json.dumps(data)
@@ -80,3 +102,27 @@ def test_a_missing_manifest_names_the_file_and_the_fix(tmp_path: Path) -> None:
 ])
 def test_the_repository_is_found_in_tritonservers_arguments(command: list[str], expected: Path | None) -> None:
     assert manifest.repository_of(command) == expected
+
+
+def write_manifest(repository: Path, *options: str) -> subprocess.CompletedProcess:
+    (repository / "id2label.json").write_text('{"0": "a", "1": "b"}', encoding="utf-8")
+    return subprocess.run([sys.executable, str(ROOT / "utils" / "write_manifest.py"), str(repository), "--ensemble",
+                           "m", "--id2label", str(repository / "id2label.json"), "--max-batch-size", "4", "--function",
+                           "softmax", "--pipeline-function", "softmax", "--max-sequence-length", "64", *options],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("option, value, expected", [
+    ("--model-instances", "0", 'must be "auto" or an integer >= 1, got 0'),
+    ("--ort-threads", "many", 'must be "auto" or an integer >= 0, got many'),
+    ("--batch-delay-us", "-5", 'must be "auto" or an integer >= 0, got -5'),
+])
+def test_the_writer_refuses_a_bad_size(option: str, value: str, expected: str, tmp_path: Path) -> None:
+    """utils/write_manifest.py (make_triton_image.sh checks its options first) writes nothing for a bad size."""
+    result = write_manifest(tmp_path, f"{option}={value}")
+    assert result.returncode == 2 and expected in result.stderr and option in result.stderr, result.stderr
+    assert not (tmp_path / manifest.FILE_NAME).exists()
+    result = write_manifest(tmp_path, f"{option}=007", "--no-model-batching")
+    assert result.returncode == 0, result.stderr
+    sizing = manifest.load(tmp_path).sizing
+    assert sizing.explicit() == {option[2:].replace("-", "_"): 7} and not sizing.model_batching

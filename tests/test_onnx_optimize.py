@@ -169,4 +169,4 @@ def test_a_quantized_model_is_not_batched_with_other_requests(variants, tmp_path
         config = (repository / "model_onnx" / "config.pbtxt").read_text()
         assert ("dynamic_batching {" in config) is batched, f"{name}:\n{config}"
         # Sized at start accordingly (gateway/sizing.py: a model never batched gets single-thread instances).
-        assert json.loads((repository / "sizing.json").read_text())["model_batching"] is batched
+        assert json.loads((repository / "tritoned.json").read_text())["sizing"]["model_batching"] is batched

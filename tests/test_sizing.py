@@ -14,7 +14,10 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from gateway import sized_repository, sizing
+from gateway import manifest, sized_repository, sizing
+
+sys.path.insert(0, str(ROOT / "utils"))
+from write_manifest import manifest as written  # noqa: E402
 
 ALL_CPUS = sorted(os.sched_getaffinity(0))
 
@@ -152,12 +155,18 @@ def test_policy_gives_a_lone_text_many_threads_and_every_cpu_a_thread(cpus: int)
     assert (alone.model_instances, alone.ort_threads) == (cpus, 1)
 
 
-def build_file(tmp_path: Path, **values) -> Path:
-    return write(tmp_path / "sizing.json", json.dumps({"format": 1, **values}))
+def build_file(repository: Path, sizing_object: object = None, **sizes) -> Path:
+    """The manifest tritoned.json as utils/write_manifest.py writes it, with these sizes (or this `sizing` member)."""
+    data = written("ensemble_model", labels=["a", "b"], max_batch_size=4, function="softmax",
+                   pipeline_function="softmax", max_sequence_length=64, sizes=sizes)
+    if sizing_object is not None:
+        data["sizing"] = sizing_object
+    return write(repository / manifest.FILE_NAME, json.dumps(data))
 
 
 def test_build_options_win_over_auto_and_the_override_over_both(tmp_path: Path) -> None:
-    build = sizing.BuildSizing.load(build_file(tmp_path, model_instances=3, ort_threads="auto"))
+    build_file(tmp_path, model_instances=3, ort_threads="auto")
+    build = sizing.build_sizing(tmp_path)
     cpus = sizing.CpuReport((sizing.Finding("test", 4.0, "4"),))
     sizes, how = sizing.choose(cpus, build)
     assert (sizes.model_instances, sizes.ort_threads) == (3, 4)
@@ -167,12 +176,34 @@ def test_build_options_win_over_auto_and_the_override_over_both(tmp_path: Path) 
     assert (sizes.model_instances, sizes.ort_threads) == (2, 2) and "TRITONED_CPUS" in how
 
 
-@pytest.mark.parametrize("content", ['{"format": 2}', "[]", "not json", '{"format": 1, "model_instances": 0}',
-                                     '{"format": 1, "ort_threads": "many"}', '{"format": 1, "model_instances": true}',
-                                     '{"format": 1, "model_batching": "yes"}'])
-def test_hostile_sizing_file(tmp_path: Path, content: str) -> None:
-    with pytest.raises(sizing.SizingError, match="reassemble the repository"):
-        sizing.BuildSizing.load(write(tmp_path / "sizing.json", content))
+@pytest.mark.parametrize("content, expected", [
+    ('"auto"', "member 'sizing' has the wrong type"), ("[]", "member 'sizing' has the wrong type"),
+    ({"model_instances": 0}, "sizing.model_instances must be \"auto\" or an integer >= 1, got 0"),
+    ({"ort_threads": "many"}, "sizing.ort_threads must be \"auto\" or an integer >= 0, got 'many'"),
+    ({"model_instances": True}, "sizing.model_instances must be"), ({"batch_delay_us": -1}, "sizing.batch_delay_us"),
+    ({"model_batching": "yes"}, "sizing.model_batching must be true or false, got 'yes'"),
+    ({"model_instance": 2}, "sizing has unknown member(s) model_instance"),
+])
+def test_hostile_sizing_in_the_manifest(tmp_path: Path, content: object, expected: str) -> None:
+    """A bad `sizing` member of tritoned.json: the gateway refuses to start (SizingError: exit 2), naming the file,
+    the member and the fix."""
+    build_file(tmp_path, sizing_object=json.loads(content) if isinstance(content, str) else content)
+    args = ["tritonserver", f"--model-repository={tmp_path}"]
+    with pytest.raises(sizing.SizingError) as raised:
+        sized_repository.sized(args)
+    message = str(raised.value)
+    assert expected in message and str(tmp_path / manifest.FILE_NAME) in message, message
+    assert "make_triton_image.sh" in message, message
+
+
+def test_an_old_manifest_without_sizing_is_refused(tmp_path: Path) -> None:
+    old = json.loads(build_file(tmp_path).read_text())
+    del old["sizing"]
+    for data, expected in (({**old, "format": 1}, "format 1 is not 2"), (old, "member 'sizing' is missing")):
+        write(tmp_path / manifest.FILE_NAME, json.dumps(data))
+        with pytest.raises(sizing.SizingError, match="make_triton_image.sh") as raised:
+            sizing.build_sizing(tmp_path)
+        assert expected in str(raised.value) and manifest.FILE_NAME in str(raised.value)
 
 
 CONFIG_ONNX = """name: "model_onnx"
@@ -208,7 +239,7 @@ def test_sized_copy_links_the_large_files_and_leaves_the_source_alone(tmp_path: 
     assert "count: 4," in (target / "text_preprocessing" / "config.pbtxt").read_text()
     assert (target / "model_onnx" / "1").is_symlink()
     assert (target / "model_onnx" / "1" / "model.onnx").read_text() == "weights"
-    assert (target / "sizing.json").is_symlink()
+    assert (target / manifest.FILE_NAME).is_symlink()
     assert {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()} == before
     shutil.rmtree(target)
     assert (repo / "model_onnx" / "1" / "model.onnx").read_text() == "weights"
@@ -236,6 +267,6 @@ def test_a_config_not_laid_out_as_built_is_refused(tmp_path: Path) -> None:
         sized_repository.render(repo, sizing.policy(2), tmp_path)
 
 
-def test_a_repository_without_sizing_file_is_served_as_it_is(tmp_path: Path) -> None:
+def test_a_repository_without_manifest_is_served_as_it_is(tmp_path: Path) -> None:
     args = ["tritonserver", f"--model-repository={tmp_path}", "--log-verbose=1"]
     assert sized_repository.sized(args) == args

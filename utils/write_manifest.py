@@ -4,8 +4,10 @@
 make_triton_image.sh calls this once the repository is rendered. The manifest is where the run-time side (the
 gateway, the health check, serve_local.sh) reads the model's facts from, instead of grepping config.pbtxt or
 asking Triton: the ensemble's name, its inputs and outputs, max_batch_size, the label names, the functions, the
-multi-label threshold, the longest tokenized text and the Triton release the image is built for. Read it with
-gateway/manifest.py.
+multi-label threshold, the longest tokenized text, the Triton release the image is built for, and `sizing`: which
+sizes the build fixed (the others are "auto": the gateway chooses them at start from the CPUs it may use) and
+whether model_onnx may batch requests together. Read it with gateway/manifest.py (which checks what is written here
+before it is written).
 """
 from __future__ import annotations
 
@@ -13,22 +15,26 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 if __package__ in (None, ""):  # run as `python utils/write_manifest.py`: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from gateway.manifest import AUTO, FILE_NAME, FORMAT, SIZE_MINIMUMS, ManifestError, parse  # noqa: E402
 from model_repository.tritoned_heads import FUNCTIONS, LabelError, read_id2label  # noqa: E402
 
-MANIFEST_FILE = "tritoned.json"
-FORMAT = 1
+Size = int | str  # a number of the build's, or AUTO
 
 
 def manifest(ensemble: str, labels: list[str], max_batch_size: int, function: str, pipeline_function: str,
              max_sequence_length: int, text_pair: bool = False, label_threshold: float | None = None,
-             triton_release: str | None = None) -> dict[str, Any]:
-    """The manifest's object; `label_threshold` is given for a multi-label model only (it adds the output labels)."""
+             triton_release: str | None = None, sizes: dict[str, Size] | None = None,
+             model_batching: bool = True) -> dict[str, Any]:
+    """The manifest's object; `label_threshold` is given for a multi-label model only (it adds the output labels);
+    `sizes` maps the names of SIZE_MINIMUMS to a number or AUTO (missing: AUTO)."""
     string_outputs = ["label"] + (["labels"] if label_threshold is not None else [])
+    sizing: dict[str, Size | bool] = {name: (sizes or {}).get(name, AUTO) for name in SIZE_MINIMUMS}
+    sizing["model_batching"] = model_batching
     return {
         "format": FORMAT,
         "ensemble": ensemble,
@@ -42,6 +48,7 @@ def manifest(ensemble: str, labels: list[str], max_batch_size: int, function: st
         "label_threshold": label_threshold,
         "max_sequence_length": max_sequence_length,
         "triton_release": triton_release,
+        "sizing": sizing,
     }
 
 
@@ -50,6 +57,23 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
     return value
+
+
+def size_type(name: str) -> Callable[[str], Size]:
+    """The argparse type of the size `name`: AUTO or an integer of at least its minimum."""
+    minimum = SIZE_MINIMUMS[name]
+
+    def size(text: str) -> Size:
+        if text == AUTO:
+            return AUTO
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'must be "{AUTO}" or an integer >= {minimum}, got {text}')
+        return value
+    return size
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,16 +93,28 @@ def main(argv: list[str] | None = None) -> int:
                         help="multi-label models only: the threshold of the output labels")
     parser.add_argument("--triton-release", default="", metavar="YY.MM",
                         help="the NGC release the image is built for (empty: another base image)")
+    for name in SIZE_MINIMUMS:
+        parser.add_argument("--" + name.replace("_", "-"), type=size_type(name), default=AUTO, metavar="N|auto",
+                            help=f"the build's {name} (default %(default)s: the gateway chooses it at start)")
+    parser.add_argument("--no-model-batching", action="store_true",
+                        help="model_onnx runs one request at a time (a dynamically quantized model)")
     args = parser.parse_args(argv)
     try:
         labels = read_id2label(args.id2label)
     except (LabelError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    sizes = {name: getattr(args, name) for name in SIZE_MINIMUMS}
     content = manifest(args.ensemble, labels, args.max_batch_size, args.function, args.pipeline_function,
-                       args.max_sequence_length, args.text_pair, args.label_threshold, args.triton_release or None)
-    (args.repository / MANIFEST_FILE).write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n",
-                                                 encoding="utf-8")
+                       args.max_sequence_length, args.text_pair, args.label_threshold, args.triton_release or None,
+                       sizes, not args.no_model_batching)
+    path = args.repository / FILE_NAME
+    try:
+        parse(content, path)  # what the gateway will read
+    except ManifestError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    path.write_text(json.dumps(content, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     return 0
 
 
