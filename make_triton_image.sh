@@ -285,9 +285,8 @@ assemble() {
   cp "$repo/tritoned_metrics.py" "$repo/post_processing/1/"
   mv "$repo/tritoned_metrics.py" "$repo/text_preprocessing/1/"
   mv "$repo/tritoned_heads.py" "$repo/post_processing/1/"  # id2label rules and the pipeline's functions
-  mkdir -p "$repo/$MODEL_NAME/1" "$repo/model_onnx/1"  # git keeps no empty version directories
-  cp "$model" "$repo/model_onnx/1/model.onnx"
-  cp "$ROOT/backends/onnxruntime/model.py" "$repo/model_onnx/1/model.py"  # model_onnx's backend, everywhere
+  mkdir -p "$repo/$MODEL_NAME/1"  # git keeps no empty version directories
+  cp "$model" "$repo/model_onnx/1/model.onnx"  # beside model_onnx/1/model.py, which runs it
   cp "$id2label" "$repo/post_processing/1/id2label.json"
   "$python" "$ROOT/utils/label_file.py" "$id2label" "$repo/post_processing/labels.txt" "$repo/$MODEL_NAME/labels.txt" \
     || fail "could not write the label files from $id2label"

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Serve an assembled model repository on this machine, without Docker, on the real Triton Inference Server 2.51
-# that the nvidia-pytriton wheel carries, with backends/onnxruntime/model.py as the Python-based "onnxruntime"
-# backend (the NGC image uses the native one: same repository). Like the image, it runs tritonserver behind the
-# gateway (gateway/: request limits, supervisor, truthful readiness, drain), which serves the public ports.
+# that the nvidia-pytriton wheel carries, with its Python backend (all three models run on it, as in the image:
+# same repository). Like the image, it runs tritonserver behind the gateway (gateway/: request limits,
+# supervisor, truthful readiness, drain), which serves the public ports.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -113,16 +113,15 @@ python_layout() {
 print(pathlib.Path(pytriton.__file__).parent.parent, sysconfig.get_config_var("LIBDIR"), "%d.%d" % sys.version_info[:2])'
 }
 
-# build/triton_backends: Triton's Python backend from the wheel + our ONNX Runtime backend.
+# build/triton_backends: Triton's Python backend from the wheel.
 prepare_backends() {
   local site="$1" version="$2" dir="$BUILD_ROOT/triton_backends"
   local stub="$site/pytriton/tritonserver/python_backend_stubs/$version/triton_python_backend_stub"
   [[ -x "$stub" ]] || fail "nvidia-pytriton has no Python backend stub for Python $version"
   rm -rf "$dir"
-  mkdir -p "$dir/python" "$dir/onnxruntime"
+  mkdir -p "$dir/python"
   cp "$site/pytriton/tritonserver/backends/python/libtriton_python.so" \
      "$site/pytriton/tritonserver/backends/python/triton_python_backend_utils.py" "$stub" "$dir/python/"
-  cp "$ROOT/backends/onnxruntime/model.py" "$dir/onnxruntime/model.py"
   echo "$dir"
 }
 

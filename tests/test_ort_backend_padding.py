@@ -1,6 +1,6 @@
-"""backends/onnxruntime/model.py pads the texts of different requests together (allow_ragged_batch): each text's
-logits must be those of the text run alone, however much padding its bucket adds (the attention mask is honoured),
-for every tiny architecture (BERT, DistilBERT without token_type_ids, RoBERTa and XLM-R whose pad id is 1)."""
+"""model_repository/model_onnx/1/model.py pads the texts of different requests together (allow_ragged_batch):
+each text's logits must be those of the text run alone, however much padding its bucket adds (the attention mask is
+honoured), for every tiny architecture (BERT, DistilBERT without token_type_ids, RoBERTa and XLM-R whose pad id is 1)."""
 from __future__ import annotations
 
 import importlib.util
@@ -22,7 +22,8 @@ def backend():
     import pytriton
 
     sys.path.insert(0, str(Path(pytriton.__file__).parent / "tritonserver" / "backends" / "python"))
-    spec = importlib.util.spec_from_file_location("tritoned_ort_backend", ROOT / "backends" / "onnxruntime" / "model.py")
+    path = ROOT / "model_repository" / "model_onnx" / "1" / "model.py"
+    spec = importlib.util.spec_from_file_location("tritoned_ort_backend", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)

@@ -87,7 +87,7 @@ def test_a_directory_that_is_not_a_model_repository_is_refused_before_starting(l
         (directory / "model.safetensors").write_bytes(b"\0" * 16)
     elif layout == "models_without_ensemble":
         (directory / "model_onnx").mkdir()
-        (directory / "model_onnx" / "config.pbtxt").write_text('name: "model_onnx"\nbackend: "onnxruntime"\n')
+        (directory / "model_onnx" / "config.pbtxt").write_text('name: "model_onnx"\nbackend: "python"\n')
     env = {**os.environ, "TRITONED_PYTHON": sys.executable, "TRITONED_BUILD_DIR": str(tmp_path / "build")}
     result = subprocess.run([str(Path(__file__).resolve().parent.parent / "serve_local.sh"), str(directory),
                              "--http-port", "1"], capture_output=True, text=True, timeout=60, env=env)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the stand-in Triton base image (see Dockerfile.standin): a Debian rootfs made with debootstrap
 # and imported into Docker, plus Triton 2.51 from the nvidia-pytriton wheel laid out like the NGC
-# image, and the project's Python-based ONNX Runtime backend. Cached by a hash of its inputs.
+# image (its Python backend). Cached by a hash of its inputs.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -75,7 +75,7 @@ image_hash() {
   {
     rootfs_hash
     printf '%s\n' "$PYTHON_VERSION" "${PLATFORMS[@]}"
-    cat "$HERE/Dockerfile.standin" "$HERE/requirements-standin.txt" "$ROOT/backends/onnxruntime/model.py"
+    cat "$HERE/Dockerfile.standin" "$HERE/requirements-standin.txt"
   } | sha
 }
 
@@ -134,11 +134,10 @@ download_wheels() {
 build_image() {
   local image="$1" rootfs="$2" context="$CACHE_DIR/context"
   rm -rf -- "$context"
-  mkdir -p "$context/wheels" "$context/onnxruntime"
+  mkdir -p "$context/wheels"
   download_wheels "$context/wheels"
   cp "$HERE/Dockerfile.standin" "$context/Dockerfile"
   cp "$HERE/requirements-standin.txt" "$context/"
-  cp "$ROOT/backends/onnxruntime/model.py" "$context/onnxruntime/model.py"
   log "docker build -> $image (log: $CACHE_DIR/build.log)"
   if ! docker build --force-rm --build-arg "ROOTFS_IMAGE=$rootfs" -t "$image" "$context" >"$CACHE_DIR/build.log" 2>&1; then
     tail -n 30 "$CACHE_DIR/build.log" >&2
@@ -153,7 +152,6 @@ main() {
     echo "$PYTHON_VERSION ${PLATFORMS[0]}"
     return 0
   fi
-  [[ -f "$ROOT/backends/onnxruntime/model.py" ]] || fail "missing $ROOT/backends/onnxruntime/model.py"
   local rootfs image
   rootfs="$ROOTFS_NAME:$(rootfs_hash)"
   image="$IMAGE_NAME:$(image_hash)"

@@ -1,8 +1,7 @@
-"""An ONNX Runtime backend for Triton, written in Python.
+"""model_onnx: the classifier model.onnx run by ONNX Runtime, written in Python.
 
-make_triton_image.sh copies it to model_onnx/1/model.py: model_onnx is a Python backend model (`backend:
-"python"`) beside its 1/model.onnx, locally and in every image. It also runs as the Python-based backend
-"onnxruntime" when it lies at `<backend-directory>/onnxruntime/model.py` (the stand-in base image has it there).
+model_onnx is a Python backend model (`backend: "python"`): this file, with the model.onnx that
+make_triton_image.sh puts beside it, locally and in every image.
 
 It honours the native backend's config: `default_model_filename` (default model.onnx) and the
 parameters `intra_op_thread_count` / `inter_op_thread_count`. Requests that arrive together (dynamic
@@ -116,7 +115,7 @@ class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         config = json.loads(args["model_config"])
         filename = config.get("default_model_filename") or DEFAULT_MODEL_FILENAME
-        if filename.endswith(".py"):  # served as a Python backend model: this file is model.py, the model beside it
+        if filename.endswith(".py"):  # the Python backend may name this file (model.py); the model lies beside it
             filename = DEFAULT_MODEL_FILENAME
         # The real file (the gateway serves a sized copy of the repository whose version directories are links):
         # errors name the file the user has.
