@@ -261,7 +261,8 @@ def test_each_kind_is_converted_built_served_and_answers_like_the_pipeline(fresh
     """The section's commands as written (the checkpoint path swapped for a tiny model of the kind, the port for
     the test server's): convert, build with --no-build, serve, and each curl answers as
     transformers.pipeline("text-classification", top_k=None): label, score, probabilities and multi-label labels
-    within 1e-4, top-k strings of the classification extension in the pipeline's order."""
+    within 1e-4, top-k strings of the classification extension in the pipeline's order. The reranker's server also
+    answers the README's /rerank curl (TEI's shape, the pipeline's scores)."""
     checkpoint = BUILDERS[KIND_MODELS[kind]](tmp_path / kind)
     env = {key: value for key, value in os.environ.items() if not key.startswith("TRITONED_")}
     steps = kind_blocks(fresh_clone / MODELS)[kind]
@@ -308,8 +309,31 @@ def test_each_kind_is_converted_built_served_and_answers_like_the_pipeline(fresh
                         [(int(i), id2label[str(i)]) for i in order], (top, expected)
                     np.testing.assert_allclose([float(value) for value, _, _ in top], expected.values[order],
                                                atol=1e-4, rtol=0)
+        if kind == "reranker":
+            assert_the_readme_rerank_answers_like_the_pipeline(server, checkpoint, max_length)
     finally:
         assert server.interrupt() == 0, server.log_text()
+
+
+def assert_the_readme_rerank_answers_like_the_pipeline(server: LocalTriton, checkpoint: Path, max_length: int) -> None:
+    """The README's /rerank curl, as written, against the pair model it names (docs/models.md's reranker, served):
+    TEI's answer, every text once with its pipeline score, sorted by score, with the text (return_text)."""
+    (curl,) = [command for command in page_commands(README) if command[0] == "curl"
+               and any(word.endswith("/rerank") for word in command)]
+    assert "reranker" in README.read_text(encoding="utf-8"), "the README does not name the model for /rerank"
+    result = subprocess.run([word.replace("localhost:8000", server.http_url) for word in curl], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(curl[curl.index("-d") + 1])
+    answer = json.loads(result.stdout)
+    pairs = [(body["query"], text) for text in body["texts"]]
+    want = [entries[0]["score"] for entries in pipeline_answers(checkpoint, pairs, max_length)]
+    assert sorted(rank["index"] for rank in answer) == list(range(len(pairs))), answer
+    for rank in answer:
+        assert rank["text"] == body["texts"][rank["index"]], answer
+        assert abs(rank["score"] - want[rank["index"]]) <= 1e-4, (answer, want)
+    ordered = [rank["score"] for rank in answer]
+    assert ordered == sorted(ordered, reverse=True), answer
 
 
 # ------------------------------------------------------------------------------------------ the Python snippets
