@@ -2,11 +2,12 @@
 they are written (never copied here): the README's flow runs in a fresh clone and ends with a clean `git status`
 after ./cleanup.sh, and the English quick start shows the same flow; every directory the examples write to lies in
 build/ and cannot be taken by a model's name; the Python snippets (HTTP and gRPC) answer against the real local
-Triton with decoded labels, as PyTorch does; each kind of model in docs/models.md converts, builds and serves by
-its commands, and its curl answers as the HF pipeline does; docs/image.md's builds (NGC, offline from a
-wheelhouse, the demo model on the stand-in) assemble as written, their wheelhouses for the base's Python; the
-metrics page's command shows the series it promises. Every command of every bash block in those files is run
-here or listed in ELSEWHERE with where it runs instead or why it cannot run here."""
+Triton with decoded labels, as PyTorch does (docs/apis.md's InferenceClient snippet and curls, which the README
+repeats, run in tests/test_docs_apis.py); the sizing page's commands show the sizes of its table; each kind of
+model in docs/models.md converts, builds and serves by its commands, and its curl answers as the HF pipeline does;
+docs/image.md's builds (NGC, offline from a wheelhouse, the demo model on the stand-in) assemble as written, their
+wheelhouses for the base's Python; the metrics page's command shows the series it promises. Every command of every
+bash block in those files is run here or listed in ELSEWHERE with where it runs instead or why it cannot run here."""
 from __future__ import annotations
 
 import ast
@@ -33,6 +34,8 @@ ENGLISH = Path("docs") / "en" / "quickstart.md"  # relative: read in ROOT or in 
 MODELS = Path("docs") / "models.md"
 IMAGE = Path("docs") / "image.md"
 METRICS = Path("docs") / "metrics.md"
+SIZING = Path("docs") / "sizing.md"
+APIS = Path("docs") / "apis.md"
 STANDIN_SCRIPT = ROOT / "docker" / "standin" / "build_standin.sh"
 NO_DOCKER_ENGINE = "unix:///nonexistent/docker.sock"  # `docker info` fails: make_triton_image.sh builds no image
 
@@ -89,8 +92,8 @@ ELSEWHERE: dict[str, str] = {
         "runs the same line on its stand-in image",
     r"curl -s -X POST http://localhost:8000/v2/models/intents/infer -H .*": "talks to the container of the line "
         "before; the same request to the served intents model is docs/models.md's first curl, run here",
-    r"helm install .*": "no cluster here: tests/test_helm_chart.py renders every helm install of README.md and of "
-                        "the chart's README with its --set values, validates and scans what it makes",
+    r"helm install .*": "no cluster here: tests/test_helm_chart.py renders every helm install of the chart's README "
+                        "(the one place for Kubernetes) with its --set values, validates and scans what it makes",
     r"kubectl .*": "needs a Kubernetes cluster; tests/test_helm_chart.py checks that the objects named "
                    "(deployment/..., service/...) are the ones helm install makes",
     r"docker (tag|push) .*registry\.example\.com.*": "needs a container registry",
@@ -105,6 +108,31 @@ ELSEWHERE: dict[str, str] = {
         "test_local_admin_key_opens_the_restricted_apis sends this header to /v2/logging",
     r"\S+ .*\[[a-z_-]+\].*": "a usage line: the brackets mark optional arguments",
     r"\./cleanup\.sh --all": "removes .venv, which the tests run from; tests/test_cleanup.py runs ./cleanup.sh",
+    # docs/apis.md (and the README's part on the other APIs, the same lines: checked below)
+    r"curl -s -X POST http://localhost:8000/(predict|rerank)? -H .*|curl -s http://localhost:8000/info":
+        "docs/apis.md's curls: tests/test_docs_apis.py runs each as written against a served classifier and compares "
+        "the answers with the pipeline's (/rerank: TEI's 424 there, a classifier is not a cross-encoder)",
+    # docs/benchmark.md, docs/front.md
+    r"\./bench/run\.sh --sizes .*": "the sizing mode's full runs take 5-12 minutes on 2 cores; tests/test_bench.py "
+        "runs ./bench/run.sh --sizes tiny --cores 1 --quick --concurrency 1,16",
+    r"\./bench/run\.sh process-cost .*": "a few minutes each; tests/test_process_cost.py runs ./bench/run.sh "
+        "process-cost --config on= --config off=--no-model-metrics --protocols http,grpc --quick",
+    r"\./bench/run\.sh front-ceiling --workers 1,4,8 --cores 8": "needs a machine with more than 8 cores (the load "
+        "generator runs on the others); this one has 2",
+    r"\./bench/run\.sh front-ceiling (--quick|--workers 1,2 .*)": "about 2 minutes; tests/test_bench.py runs "
+        "./bench/run.sh front-ceiling --quick --workers 1,2",
+    r"\.venv/bin/python -m pytest .*": "the tests themselves",
+    r"TRITONED_WORKERS=2 \./serve_local\.sh ensemble_model": "tests/test_workers.py serves through serve_local.sh "
+        "with TRITONED_WORKERS=2 and checks that both workers serve HTTP and gRPC",
+    # docs/sizing.md (its gateway.sizing commands run here)
+    r"docker run --rm --shm-size=256m -p8000:8000 -p8001:8001 -p8002:8002 -e TRITONED_CPUS=4 ensemble_model:latest":
+        "tests/test_container_sizing.py runs the image with --cpus 1, --cpus 2 and -e TRITONED_CPUS=3 and checks the "
+        "start log and the config served",
+    r"\./serve_local\.sh --cpus 4 ensemble_model": "tests/test_serve_local.py serves with --cpus 3 and checks the "
+        "start log and the config served",
+    r"\./make_triton_image\.sh --no-build --model-instances 2 --ort-threads 1 build/demo/onnx/.*":
+        "tests/test_make_triton_image.py::test_sizing_options_default_to_auto_and_numbers_are_kept builds with "
+        "fixed sizes and checks that the manifest and the rendered config keep them",
 }
 
 
@@ -233,7 +261,8 @@ def test_each_kind_is_converted_built_served_and_answers_like_the_pipeline(fresh
     """The section's commands as written (the checkpoint path swapped for a tiny model of the kind, the port for
     the test server's): convert, build with --no-build, serve, and each curl answers as
     transformers.pipeline("text-classification", top_k=None): label, score, probabilities and multi-label labels
-    within 1e-4, top-k strings of the classification extension in the pipeline's order."""
+    within 1e-4, top-k strings of the classification extension in the pipeline's order. The reranker's server also
+    answers the README's /rerank curl (TEI's shape, the pipeline's scores)."""
     checkpoint = BUILDERS[KIND_MODELS[kind]](tmp_path / kind)
     env = {key: value for key, value in os.environ.items() if not key.startswith("TRITONED_")}
     steps = kind_blocks(fresh_clone / MODELS)[kind]
@@ -280,8 +309,31 @@ def test_each_kind_is_converted_built_served_and_answers_like_the_pipeline(fresh
                         [(int(i), id2label[str(i)]) for i in order], (top, expected)
                     np.testing.assert_allclose([float(value) for value, _, _ in top], expected.values[order],
                                                atol=1e-4, rtol=0)
+        if kind == "reranker":
+            assert_the_readme_rerank_answers_like_the_pipeline(server, checkpoint, max_length)
     finally:
         assert server.interrupt() == 0, server.log_text()
+
+
+def assert_the_readme_rerank_answers_like_the_pipeline(server: LocalTriton, checkpoint: Path, max_length: int) -> None:
+    """The README's /rerank curl, as written, against the pair model it names (docs/models.md's reranker, served):
+    TEI's answer, every text once with its pipeline score, sorted by score, with the text (return_text)."""
+    (curl,) = [command for command in page_commands(README) if command[0] == "curl"
+               and any(word.endswith("/rerank") for word in command)]
+    assert "reranker" in README.read_text(encoding="utf-8"), "the README does not name the model for /rerank"
+    result = subprocess.run([word.replace("localhost:8000", server.http_url) for word in curl], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    body = json.loads(curl[curl.index("-d") + 1])
+    answer = json.loads(result.stdout)
+    pairs = [(body["query"], text) for text in body["texts"]]
+    want = [entries[0]["score"] for entries in pipeline_answers(checkpoint, pairs, max_length)]
+    assert sorted(rank["index"] for rank in answer) == list(range(len(pairs))), answer
+    for rank in answer:
+        assert rank["text"] == body["texts"][rank["index"]], answer
+        assert abs(rank["score"] - want[rank["index"]]) <= 1e-4, (answer, want)
+    ordered = [rank["score"] for rank in answer]
+    assert ordered == sorted(ordered, reverse=True), answer
 
 
 # ------------------------------------------------------------------------------------------ the Python snippets
@@ -426,19 +478,61 @@ def test_the_metrics_page_command_shows_the_nonzero_series(served) -> None:
         assert any(row.startswith(series) for row in shown), (series, result.stdout)
 
 
+# ------------------------------------------------------------------------------------------ the sizing page
+
+def sizing_commands(page: Path = ROOT / SIZING) -> list[list[str]]:
+    """docs/sizing.md's commands that show the sizes without starting a server."""
+    found = [command for command in page_commands(page) if command[-2:] == ["-m", "gateway.sizing"]]
+    assert found, f"{page} shows no python -m gateway.sizing"
+    return found
+
+
+def test_the_sizing_page_commands_show_what_the_server_would_choose() -> None:
+    """Each `python -m gateway.sizing` line of docs/sizing.md, as written: the CPUs found (taskset -c 0: one), from
+    which sources, and the sizes of the page's table (threads min(N, 8), at least two model_onnx instances)."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("TRITONED_")}
+    for command in sizing_commands():
+        result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, (command, result.stderr[-3000:])
+        report = json.loads(result.stdout)
+        if command[0] == "taskset":
+            assert report["cpus"] == 1, report
+        assert {source["source"] for source in report["sources"]} >= {"sched_getaffinity"}, report
+        sizes = report["sizes"]
+        assert sizes["ort_threads"] == min(report["cpus"], 8) and sizes["model_instances"] >= 2, report
+
+
+# ------------------------------------------------------------------------------------------ the other APIs
+
+def test_the_readme_shows_the_api_pages_own_curls_and_client_snippet() -> None:
+    """The README's part on the Hugging Face and TEI APIs shows lines of docs/apis.md, which tests/test_docs_apis.py
+    runs as written: a curl per API (the HF JSON, TEI /predict and /rerank) and the InferenceClient snippet."""
+    api_curls = [command for command in page_commands(ROOT / APIS) if command[0] == "curl"]
+    readme_curls = [command for command in page_commands(README) if command[0] == "curl"
+                    and "/v2/models/" not in " ".join(command)]
+    paths = {word.replace("http://localhost:8000", "") for command in readme_curls for word in command
+             if word.startswith("http://localhost:8000")}
+    assert paths == {"/", "/predict", "/rerank"}, paths
+    assert all(command in api_curls for command in readme_curls), readme_curls
+    (client,) = [block for block in code_blocks("python", README) if "InferenceClient" in block]
+    assert code_blocks("python", ROOT / APIS) == [client]
+
+
 # ------------------------------------------------------------------------------------------ every command shown
 
 def commands_run_here(root: Path = ROOT) -> set[tuple[str, ...]]:
     """The commands this module's tests run: the README's flow, each kind's block, the image and metrics pages'."""
     kinds = [step for steps in kind_blocks(root / MODELS).values() for step in steps]
-    run = [*own_model_steps(root / "README.md"), *kinds, *page_commands(root / IMAGE), *page_commands(root / METRICS)]
+    run = [*own_model_steps(root / "README.md"), *kinds, *page_commands(root / IMAGE), *page_commands(root / METRICS),
+           *sizing_commands(root / SIZING)]
     return {tuple(command) for command in run if not listed(command)}
 
 
 def test_every_command_shown_is_run_here_or_listed_with_a_reason() -> None:
     """Each command of each bash block of the README, docs/ and the chart's README is run by this module or named in
     ELSEWHERE (run by another test, or not runnable here and why); no ELSEWHERE entry outlives its command; and
-    the only Python blocks are the two client snippets run above."""
+    the only Python blocks are the two tritonclient snippets run above and docs/apis.md's InferenceClient snippet
+    (run by tests/test_docs_apis.py; the README shows the same)."""
     run_here = commands_run_here()
     shown = [(page.relative_to(ROOT), command) for page in documents() for command in page_commands(page)]
     unaccounted = [f"{page}: {' '.join(command)}" for page, command in shown
@@ -447,4 +541,7 @@ def test_every_command_shown_is_run_here_or_listed_with_a_reason() -> None:
     stale = [pattern for pattern in ELSEWHERE if not any(re.fullmatch(pattern, " ".join(c)) for _, c in shown)]
     assert not stale, f"ELSEWHERE entries no page shows any more: {stale}"
     snippets = [block for page in documents() for block in code_blocks("python", page)]
-    assert len(snippets) == 2 and all("import numpy as np, tritonclient." in block for block in snippets), snippets
+    tritonclient = [block for block in snippets if "import numpy as np, tritonclient." in block]
+    (inference_client,) = code_blocks("python", ROOT / APIS)
+    others = [block for block in snippets if block not in tritonclient and block != inference_client]
+    assert len(tritonclient) == 2 and not others, others
