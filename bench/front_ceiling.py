@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import re
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -92,7 +93,18 @@ def write_repository(directory: Path, instances: int) -> Path:
             path = directory / name / relative
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
+    write_manifest(directory)
     return directory
+
+
+def write_manifest(directory: Path) -> None:
+    """tritoned.json, as make_triton_image.sh writes it (serve_local.sh serves no repository without one)."""
+    id2label = directory.parent / "id2label.json"
+    id2label.write_text('{"0": "echo"}', encoding="utf-8")
+    subprocess.run([sys.executable, str(ROOT / "utils" / "write_manifest.py"), "--ensemble", MODEL_NAME,
+                    "--id2label", str(id2label), "--max-batch-size", "64", "--function", "none",
+                    "--pipeline-function", "none", "--max-sequence-length", "8", str(directory)],
+                   check=True, capture_output=True, text=True)
 
 
 @dataclass

@@ -52,7 +52,8 @@ def test_no_credentials_in_the_build_context(tiny_artifacts, tmp_path: Path, whe
         (wheels / "numpy-0-py3-none-any.whl").write_bytes(b"PK not a real wheel")
         files["wheels/.netrc"] = marker("wheelhouse-netrc")
         (wheels / ".netrc").write_text(files["wheels/.netrc"])
-        extra += ["--wheelhouse", str(wheels)]
+        # --base-image: a base whose Python the script does not know, so the (fake) wheels are not checked for it
+        extra += ["--wheelhouse", str(wheels), "--base-image", "example.org/triton-base:1"]
 
     build = tmp_path / "build"
     result = make_image(artifacts, build, *extra, env=env)
