@@ -127,19 +127,6 @@ class TritonProcess:
         self.pid = process.pid
         log.info("tritonserver started (pid %d)", self.pid)
 
-    def reap(self) -> bool:
-        """Collect exited children; True once tritonserver itself has exited (returncode set)."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if pid == 0:
-                break
-            if pid == self.pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode is not None
-
     def signal(self, signum: int) -> None:
         if self.pid and self.returncode is None:
             try:
