@@ -113,7 +113,7 @@ def child_environment(environ: dict[str, str]) -> dict[str, str]:
 
 
 class TritonProcess:
-    """The running tritonserver. Exit statuses are collected by reap() (the gateway may be PID 1 in a container:
+    """The running tritonserver. Exit statuses are collected by the gateway (Gateway._reap; it may be PID 1 in a container:
     it reaps every child, the orphaned backend stubs of a dead server included)."""
 
     def __init__(self, argv: list[str]) -> None:
@@ -123,7 +123,7 @@ class TritonProcess:
 
     def start(self) -> None:
         process = subprocess.Popen(self.argv, env=child_environment(dict(os.environ)), preexec_fn=_die_with_parent)
-        process.returncode = 0  # reaped by reap(), never by Popen (keeps Popen's __del__ quiet)
+        process.returncode = 0  # reaped by the gateway, never by Popen (keeps Popen's __del__ quiet)
         self.pid = process.pid
         log.info("tritonserver started (pid %d)", self.pid)
 
