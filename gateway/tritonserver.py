@@ -113,8 +113,8 @@ def child_environment(environ: dict[str, str]) -> dict[str, str]:
 
 
 class TritonProcess:
-    """The running tritonserver. Exit statuses are collected by the gateway (Gateway._reap; it may be PID 1 in a container:
-    it reaps every child, the orphaned backend stubs of a dead server included)."""
+    """The running tritonserver. Its exit status is collected by the gateway (Gateway._reap: it may be PID 1 in a
+    container and reaps every child, the orphaned backend stubs of a dead server included)."""
 
     def __init__(self, argv: list[str]) -> None:
         self.argv = argv
