@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from .manifest import FILE_NAME as MANIFEST_FILE
-from .sizing import Sizes, SizingError, build_sizing, choose, find_cpus
+from .sizing import Sizes, SizingError, build_sizing, choose, describe_busy, find_cpus
 
 log = logging.getLogger("tritoned.sizing")
 
@@ -25,6 +25,7 @@ PREFIX = "tritoned_repository_"
 REPOSITORY_OPTION = "--model-repository"
 INSTANCES = re.compile(r"(instance_group \[ \{ count: )\d+(, kind: KIND_CPU \} \])")
 THREADS = re.compile(r'(key: "intra_op_thread_count" value: \{ string_value: ")\d*(" \})')
+BUSY_THREADS = re.compile(r'(key: "busy_intra_op_thread_count" value: \{ string_value: ")\d*(" \})')
 DELAY = re.compile(r"(max_queue_delay_microseconds: )\d+")
 
 
@@ -48,6 +49,7 @@ def sized_config(model: str, text: str, sizes: Sizes, where: str) -> str:
     if model == "model_onnx":
         text = _sub(INSTANCES, sizes.model_instances, text, where, True)
         text = _sub(THREADS, sizes.ort_threads, text, where, True)
+        text = _sub(BUSY_THREADS, sizes.busy_ort_threads, text, where, False)  # absent from older repositories
     elif model == "text_preprocessing":
         text = _sub(INSTANCES, sizes.preprocessing_instances, text, where, True)
     return _sub(DELAY, sizes.batch_delay_us, text, where, False)
@@ -119,7 +121,7 @@ def sized(tritonserver: list[str]) -> list[str]:
     sizes, how = choose(report, build_sizing(source))
     target = render(source, sizes)
     log.info("%s", report.describe())
-    log.info("%s: model_onnx %d instance(s) x %d ONNX Runtime thread(s), %d tokenizer instance(s), batch delay %d us "
-             "(sized repository: %s)", how, sizes.model_instances, sizes.ort_threads, sizes.preprocessing_instances,
-             sizes.batch_delay_us, target)
+    log.info("%s: model_onnx %d instance(s) x %d ONNX Runtime thread(s), %d tokenizer instance(s), batch delay %d us, "
+             "%s (sized repository: %s)", how, sizes.model_instances, sizes.ort_threads, sizes.preprocessing_instances,
+             sizes.batch_delay_us, describe_busy(sizes), target)
     return [*tritonserver[:index], f"{REPOSITORY_OPTION}={target}", *tritonserver[index + 1:]]

@@ -18,7 +18,7 @@ import json
 import logging
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
@@ -208,6 +208,25 @@ class Sizes:
     ort_threads: int
     preprocessing_instances: int
     batch_delay_us: int
+    # Threads of the second session an instance runs while another instance is busy (0: none, it always runs with
+    # ort_threads): instances x ort_threads may exceed the CPUs, so that a lone text gets all of them, but under
+    # load the busy instances together keep one thread per CPU.
+    busy_ort_threads: int = 0
+
+
+def busy_threads(cpus: int, instances: int, threads: int) -> int:
+    """The threads per instance while others are busy: a share of the CPUs, when all the instances' threads together
+    exceed them (0: no second session needed)."""
+    if instances * threads <= cpus:
+        return 0
+    share = max(1, cpus // instances)
+    return share if share < threads else 0
+
+
+def describe_busy(sizes: Sizes) -> str:
+    if not sizes.busy_ort_threads:
+        return "the same threads under load"
+    return f"{sizes.busy_ort_threads} thread(s) per instance while another is busy"
 
 
 def build_sizing(repository: Path) -> BuildSizing:
@@ -236,7 +255,8 @@ def policy(cpus: int, model_batching: bool = True) -> Sizes:
         return Sizes(model_instances=cpus, ort_threads=1, preprocessing_instances=tokenizers, batch_delay_us=0)
     threads = min(cpus, MAX_THREADS_PER_SESSION)
     instances = max(MIN_MODEL_INSTANCES, math.ceil(cpus / threads))
-    return Sizes(model_instances=instances, ort_threads=threads, preprocessing_instances=tokenizers, batch_delay_us=0)
+    return Sizes(model_instances=instances, ort_threads=threads, preprocessing_instances=tokenizers, batch_delay_us=0,
+                 busy_ort_threads=busy_threads(cpus, instances, threads))
 
 
 def choose(report: CpuReport, build: BuildSizing) -> tuple[Sizes, str]:
@@ -246,6 +266,8 @@ def choose(report: CpuReport, build: BuildSizing) -> tuple[Sizes, str]:
         return auto, f"sized for {report.cpus} CPU(s) ({CPUS_ENV} overrides the build's options)"
     explicit = build.explicit()
     sizes = Sizes(**{**asdict(auto), **explicit})
+    busy = busy_threads(report.cpus, sizes.model_instances, sizes.ort_threads) if build.model_batching else 0
+    sizes = replace(sizes, busy_ort_threads=busy)
     how = f"sized for {report.cpus} CPU(s)"
     if explicit:
         how += "; fixed at build time: " + ", ".join(f"{k}={v}" for k, v in explicit.items())

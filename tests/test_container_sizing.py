@@ -21,6 +21,8 @@ CASES = {  # name: (docker run options, CPUs the server must size for)
     "cpus2": (["--cpus", "2"], 2),
     "cpus1_env3": (["--cpus", "1", "-e", "TRITONED_CPUS=3"], 3),
 }
+# Threads per model_onnx instance while the other is busy (2 instances): 0 where 2 x the threads fit the CPUs.
+BUSY_THREADS = {1: 0, 2: 1, 3: 1}
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +63,20 @@ def test_start_log_and_served_config_show_the_sizes(containers: dict[str, Contai
     config = json.loads(body)
     assert [group["count"] for group in config["instance_group"]] == [2]
     assert config["parameters"]["intra_op_thread_count"]["string_value"] == str(cpus)
+    busy = BUSY_THREADS[cpus]
+    assert config["parameters"]["busy_intra_op_thread_count"]["string_value"] == str(busy)
+    if busy:
+        assert f"{busy} thread(s) per instance while another is busy" in text, text[-4000:]
     assert config["max_batch_size"] >= 64 and "dynamic_batching" in config
     assert all(tensor.get("allow_ragged_batch") for tensor in config["input"])
     status, _ = http(container.url(8000), "POST", "/v2/models/ensemble_model/infer",
                      {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1, 1], "data": ["помогите"]}]})
     assert status == 200
     # The sized copy lies in the container's temporary directory; /models is left as the image has it.
-    listing = container.exec("sh", "-c", "ls -l /tmp/tritoned_repository_*/model_onnx/ && ls -ld /models")
+    listing = container.exec("sh", "-c", "ls -la /tmp/tritoned_repository_*/model_onnx/ && ls -ld /models")
     assert "model.onnx" not in listing.stdout and "-> /models/model_onnx/1" in listing.stdout, listing.stdout
+    # The instances' busy board (model_onnx/1/model.py) lies in the sized copy the server's user may write.
+    assert (".busy_instances" in listing.stdout) == bool(busy), listing.stdout
 
 
 @pytest.mark.parametrize("value", ["0", "two", "1.5"])

@@ -4,6 +4,7 @@ honoured), for every tiny architecture (BERT, DistilBERT without token_type_ids,
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from pathlib import Path
 
@@ -74,3 +75,32 @@ def test_a_request_whose_inputs_disagree_is_refused(backend) -> None:
     bad = [np.ones((1, 4), np.int64), np.ones((1, 5), np.int64)]
     with pytest.raises(ValueError, match="share one"):
         backend.ragged_rows([(0, ok), (1, bad)], 1)
+
+
+def test_the_busy_board_tells_an_instance_when_another_is_busy(backend, tmp_path: Path) -> None:
+    """Two instances of model_onnx share one board in the model's (sized, writable) directory: each sees the other's
+    run, never its own; a restarted instance clears its own slot; without a writable directory every instance counts
+    as idle (the one session with all the threads)."""
+    first = backend.BusyBoard(str(tmp_path), "model_onnx_0_0")
+    second = backend.BusyBoard(str(tmp_path), "model_onnx_0_1")
+    assert not first.others_busy() and not second.others_busy()
+    first.set(True)
+    assert second.others_busy() and not first.others_busy()
+    second.set(True)
+    assert first.others_busy()
+    again = backend.BusyBoard(str(tmp_path), "model_onnx_0_1")  # the instance's process restarted mid-run
+    assert not first.others_busy() and again.others_busy()
+    first.set(False)
+    assert not again.others_busy()
+    read_only = tmp_path / "read_only"
+    read_only.mkdir(mode=0o500)
+    if os.access(read_only, os.W_OK):  # root writes anywhere: a directory that does not exist stands in
+        read_only = tmp_path / "missing"
+    lone = backend.BusyBoard(str(read_only), "model_onnx_0_0")
+    lone.set(True)
+    assert not lone.others_busy() and lone.map is None
+
+
+@pytest.mark.parametrize("name, index", [("model_onnx_0_0", 0), ("model_onnx_0_7", 7), ("weird", 0), ("", 0)])
+def test_instance_index_from_the_name_triton_gives(backend, name: str, index: int) -> None:
+    assert backend.instance_index(name) == index

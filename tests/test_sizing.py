@@ -152,7 +152,20 @@ def test_policy_gives_a_lone_text_many_threads_and_every_cpu_a_thread(cpus: int)
     assert (batched.model_instances - 1) * batched.ort_threads < max(cpus, 2 * batched.ort_threads)
     assert batched.preprocessing_instances >= 1
     alone = sizing.policy(cpus, model_batching=False)  # a quantized model: one request per run
-    assert (alone.model_instances, alone.ort_threads) == (cpus, 1)
+    assert (alone.model_instances, alone.ort_threads, alone.busy_ort_threads) == (cpus, 1, 0)
+    # Under load (every instance busy) the instances' threads together: one per CPU, not more.
+    busy = batched.busy_ort_threads or batched.ort_threads
+    assert busy <= batched.ort_threads and batched.model_instances * busy <= max(cpus, batched.model_instances)
+    if batched.model_instances * batched.ort_threads > cpus and batched.ort_threads > 1:
+        assert 1 <= batched.busy_ort_threads < batched.ort_threads
+        assert batched.model_instances * (batched.busy_ort_threads + 1) > cpus  # no CPU left idle for long
+
+
+@pytest.mark.parametrize("cpus, expected", [(1, (2, 1, 0)), (2, (2, 2, 1)), (4, (2, 4, 2)), (8, (2, 8, 4)),
+                                            (12, (2, 8, 6)), (16, (2, 8, 0)), (24, (3, 8, 0))])
+def test_busy_threads_share_the_cpus_among_busy_instances(cpus: int, expected: tuple[int, int, int]) -> None:
+    sizes = sizing.policy(cpus)
+    assert (sizes.model_instances, sizes.ort_threads, sizes.busy_ort_threads) == expected
 
 
 def build_file(repository: Path, sizing_object: object = None, **sizes) -> Path:
@@ -174,6 +187,12 @@ def test_build_options_win_over_auto_and_the_override_over_both(tmp_path: Path) 
     overridden = sizing.CpuReport(cpus.findings, override=2)
     sizes, how = sizing.choose(overridden, build)
     assert (sizes.model_instances, sizes.ort_threads) == (2, 2) and "TRITONED_CPUS" in how
+    # The build's numbers get busy threads for the CPUs found: 3 instances x 4 threads on 4 CPUs -> 1 when busy.
+    build_file(tmp_path, model_instances=3, ort_threads=4)
+    sizes, _ = sizing.choose(cpus, sizing.build_sizing(tmp_path))
+    assert (sizes.model_instances, sizes.ort_threads, sizes.busy_ort_threads) == (3, 4, 1)
+    build_file(tmp_path, model_instances=1, ort_threads=4)  # one instance: never another busy one
+    assert sizing.choose(cpus, sizing.build_sizing(tmp_path))[0].busy_ort_threads == 0
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -209,6 +228,7 @@ def test_an_old_manifest_without_sizing_is_refused(tmp_path: Path) -> None:
 CONFIG_ONNX = """name: "model_onnx"
 max_batch_size: 64
 parameters { key: "intra_op_thread_count" value: { string_value: "0" } }
+parameters { key: "busy_intra_op_thread_count" value: { string_value: "0" } }
 instance_group [ { count: 1, kind: KIND_CPU } ]
 dynamic_batching { max_queue_delay_microseconds: 0 }
 """
@@ -230,12 +250,15 @@ def read_only_repository(tmp_path: Path) -> Path:
 def test_sized_copy_links_the_large_files_and_leaves_the_source_alone(tmp_path: Path) -> None:
     repo = read_only_repository(tmp_path)
     before = {p: p.read_bytes() for p in repo.rglob("*") if p.is_file()}
-    sizes = sizing.Sizes(model_instances=2, ort_threads=3, preprocessing_instances=4, batch_delay_us=250)
+    sizes = sizing.Sizes(model_instances=2, ort_threads=3, preprocessing_instances=4, batch_delay_us=250,
+                         busy_ort_threads=1)
     base = tmp_path / "tmp"
     base.mkdir()
     target = sized_repository.render(repo, sizes, base)
     onnx = (target / "model_onnx" / "config.pbtxt").read_text()
-    assert "count: 2," in onnx and 'string_value: "3"' in onnx and "max_queue_delay_microseconds: 250" in onnx
+    assert "count: 2," in onnx and 'intra_op_thread_count" value: { string_value: "3"' in onnx
+    assert 'busy_intra_op_thread_count" value: { string_value: "1"' in onnx
+    assert "max_queue_delay_microseconds: 250" in onnx
     assert "count: 4," in (target / "text_preprocessing" / "config.pbtxt").read_text()
     assert (target / "model_onnx" / "1").is_symlink()
     assert (target / "model_onnx" / "1" / "model.onnx").read_text() == "weights"

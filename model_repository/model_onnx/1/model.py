@@ -9,10 +9,17 @@ batching, with `allow_ragged_batch` on the inputs: requests of any lengths) are 
 backend cannot do: every text is cut to its attention mask's length, the texts are sorted by length and run in
 buckets of similar lengths, each padded to its longest. A lone request runs as it came. If a run fails, the
 requests are run one by one, so only the request that caused the failure gets an error.
+
+Threads follow the load: the instances of the model together have more threads than CPUs (a lone text runs on all
+the CPUs: `intra_op_thread_count`), so with `busy_intra_op_thread_count` > 0 each instance also holds a second
+session with that many threads, the one it runs while another instance is busy (BusyBoard): under load the
+instances together keep about one thread per CPU instead of waking more threads than there are CPUs, which costs
+CPU time per text (docs/sizing.md). Both sessions load the same model.onnx: the answers do not depend on which runs.
 """
 from __future__ import annotations
 
 import json
+import mmap
 import os
 from collections import defaultdict
 from dataclasses import dataclass
@@ -23,6 +30,9 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 DEFAULT_MODEL_FILENAME = "model.onnx"
+# Beside the model's config in the served (sized) repository: one byte per instance, 1 while it runs.
+BUSY_BOARD_FILE = ".busy_instances"
+BUSY_BOARD_SLOTS = 4096
 MASK = "attention_mask"
 # A bucket of texts is padded to its longest: a text this much longer than the bucket's shortest
 # (x BUCKET_GROWTH + BUCKET_SLACK tokens) starts a new one (one more run costs less than that much padding).
@@ -87,14 +97,52 @@ def int_parameter(config: dict[str, Any], key: str, default: int) -> int:
     return int(value) if value.strip() else default
 
 
-def session_options(config: dict[str, Any]) -> ort.SessionOptions:
+class BusyBoard:
+    """Which instances of this model are running a batch: one byte per instance in a small file that all of them map
+    (a byte is written only by its instance; a stale read only picks the other session, never another answer).
+    Without a writable place (a repository served as it is, read-only) every instance counts as idle."""
+
+    def __init__(self, directory: str, instance_name: str) -> None:
+        self.index = instance_index(instance_name) % BUSY_BOARD_SLOTS
+        self.map: mmap.mmap | None = None
+        try:
+            fd = os.open(os.path.join(directory, BUSY_BOARD_FILE), os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError:
+            return
+        try:
+            if os.fstat(fd).st_size < BUSY_BOARD_SLOTS:
+                os.ftruncate(fd, BUSY_BOARD_SLOTS)
+            self.map = mmap.mmap(fd, BUSY_BOARD_SLOTS)
+        except OSError:
+            self.map = None
+        finally:
+            os.close(fd)
+        self.set(False)  # a previous process of this instance may have died while busy
+
+    def others_busy(self) -> bool:
+        if self.map is None:
+            return False
+        own = self.index
+        return self.map.find(b"\x01", 0, own) != -1 or self.map.find(b"\x01", own + 1) != -1
+
+    def set(self, busy: bool) -> None:
+        if self.map is not None:
+            self.map[self.index] = 1 if busy else 0
+
+
+def instance_index(instance_name: str) -> int:
+    """The instance's number within its group: Triton names them <model>_<group>_<index> (model_onnx_0_1)."""
+    tail = instance_name.rsplit("_", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def session_options(config: dict[str, Any], threads_key: str, spinning: int) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int_parameter(config, "intra_op_thread_count", 0)
+    options.intra_op_num_threads = int_parameter(config, threads_key, 0)
     options.inter_op_num_threads = int_parameter(config, "inter_op_thread_count", 0)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Spinning threads burn the cores the tokenizer and the other instances need between calls.
-    allow_spinning = int_parameter(config, "intra_op_allow_spinning", 0)
-    options.add_session_config_entry("session.intra_op.allow_spinning", str(allow_spinning))
+    options.add_session_config_entry("session.intra_op.allow_spinning", str(int_parameter(
+        config, "intra_op_allow_spinning", spinning)))
     return options
 
 
@@ -122,13 +170,35 @@ class TritonPythonModel:
         path = os.path.realpath(os.path.join(args["model_repository"], args["model_version"], filename))
         if not os.path.isfile(path):
             raise FileNotFoundError(f"ONNX model file not found: {path}")
-        self.session = ort.InferenceSession(path, session_options(config), providers=["CPUExecutionProvider"])
+        # With a second session for when another instance is busy (see the module's docstring), this one runs only
+        # while the others are idle: its threads may spin between the operators of a run (a lone text's latency).
+        # Without one, they do not: spinning threads burn the CPUs the tokenizer and the other instances need.
+        busy_threads = int_parameter(config, "busy_intra_op_thread_count", 0)
+        two_sessions = 0 < busy_threads < int_parameter(config, "intra_op_thread_count", 0)
+        self.session = ort.InferenceSession(path, session_options(config, "intra_op_thread_count", int(two_sessions)),
+                                            providers=["CPUExecutionProvider"])
         check_io(self.session, config, path)
+        self.busy_session = None  # None: self.session always
+        self.board = None
+        if two_sessions:
+            self.busy_session = ort.InferenceSession(path, session_options(config, "busy_intra_op_thread_count", 0),
+                                                     providers=["CPUExecutionProvider"])
+            self.board = BusyBoard(args["model_repository"], args.get("model_instance_name", ""))
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
         self.mask_position = self.input_names.index(MASK) if MASK in self.input_names else None
 
     def execute(self, requests: list[Any]) -> list[Any]:
+        if self.board is None:
+            return self._execute(requests, self.session)
+        session = self.busy_session if self.board.others_busy() else self.session
+        self.board.set(True)
+        try:
+            return self._execute(requests, session)
+        finally:
+            self.board.set(False)
+
+    def _execute(self, requests: list[Any], session: ort.InferenceSession) -> list[Any]:
         responses: list[Any] = [None] * len(requests)
         members = []
         for index, request in enumerate(requests):
@@ -141,12 +211,13 @@ class TritonPythonModel:
             for member in members:
                 groups[tuple(array.shape[1:] for array in member[1])].append(member)
             for group in groups.values():
-                self._respond(group, responses)
+                self._respond(group, responses, session)
             return responses
-        self._respond_ragged(members, responses)
+        self._respond_ragged(members, responses, session)
         return responses
 
-    def _respond_ragged(self, members: list[tuple[int, list[np.ndarray]]], responses: list[Any]) -> None:
+    def _respond_ragged(self, members: list[tuple[int, list[np.ndarray]]], responses: list[Any],
+                        session: ort.InferenceSession) -> None:
         """Requests of any lengths (allow_ragged_batch): every text is cut to its attention mask's length, the texts
         sorted by length and run in buckets of similar lengths, each padded to its longest (padding is masked out:
         a text's logits do not depend on its bucket beyond float rounding)."""
@@ -157,11 +228,11 @@ class TritonPythonModel:
             for bucket in buckets([row.length for row in rows]):
                 feed = {name: pad_bucket([rows[i] for i in bucket], position, pads[position])
                         for position, name in enumerate(self.input_names)}
-                results.append(self.session.run(self.output_names, feed))
+                results.append(session.run(self.output_names, feed))
             outputs = [np.concatenate(parts) for parts in zip(*results)]
         except Exception:  # one bad request must not take the others down: each runs alone
             for member in members:
-                self._respond([member], responses)
+                self._respond([member], responses, session)
             return
         order = np.argsort([row.order for row in rows], kind="stable")
         start = 0
@@ -172,14 +243,15 @@ class TritonPythonModel:
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
             start = end
 
-    def _respond(self, members: list[tuple[int, list[np.ndarray]]], responses: list[Any]) -> None:
+    def _respond(self, members: list[tuple[int, list[np.ndarray]]], responses: list[Any],
+                 session: ort.InferenceSession) -> None:
         """Run one shape group; if it fails, run its requests one by one so that only the bad one fails."""
         try:
-            outputs = self._run(members)
+            outputs = self._run(members, session)
         except Exception as err:  # one bad request must not take the others down
             if len(members) > 1:
                 for member in members:
-                    self._respond([member], responses)
+                    self._respond([member], responses, session)
                 return
             # A TritonError of its own per response: Triton 2.51 aborts the server when responses share one.
             error = pb_utils.TritonError(f"onnxruntime: {err}")
@@ -192,7 +264,7 @@ class TritonPythonModel:
             responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
             start = end
 
-    def _run(self, members: list[tuple[int, list[np.ndarray]]]) -> list[np.ndarray]:
+    def _run(self, members: list[tuple[int, list[np.ndarray]]], session: ort.InferenceSession) -> list[np.ndarray]:
         if len(members) == 1:
             feed = dict(zip(self.input_names, members[0][1]))
         else:
@@ -200,4 +272,4 @@ class TritonPythonModel:
                 name: np.concatenate([arrays[position] for _, arrays in members])
                 for position, name in enumerate(self.input_names)
             }
-        return self.session.run(self.output_names, feed)
+        return session.run(self.output_names, feed)
