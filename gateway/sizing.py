@@ -246,7 +246,8 @@ def policy(cpus: int, model_batching: bool = True) -> Sizes:
     of one instance; under load the dynamic batcher hands each instance a batch of the queued texts and the two
     share the CPUs, one computing while the other is in Python (padding, tensors in and out): measured on 2 CPUs,
     2 x 2 threads served more texts/s at 16 and 64 in flight than 1 x 2 or 2 x 1, at the p50 of 1 x 2 for a lone
-    text (docs/sizing.md). ONNX Runtime's threads do not spin, so an idle instance's threads cost nothing.
+    text (docs/sizing.md). Together the instances then have more threads than CPUs: busy_ort_threads (busy_threads)
+    is what an instance runs with while another is busy, so that a loaded server wakes one thread per CPU.
     model_onnx may not batch (a dynamically quantized model: its answers would depend on its neighbours): one
     single-thread instance per CPU, the most texts per second when every run holds one request.
     """
