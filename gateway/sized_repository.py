@@ -14,10 +14,12 @@ import os
 import re
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from .manifest import FILE_NAME as MANIFEST_FILE
-from .sizing import Sizes, SizingError, build_sizing, choose, describe_busy, find_cpus
+from .sizing import (BUSY_SESSIONS_MEMORY_SHARE, Sizes, SizingError, build_sizing, choose, describe_busy,
+                     find_cpus, memory_limit, second_sessions_fit)
 
 log = logging.getLogger("tritoned.sizing")
 
@@ -101,6 +103,30 @@ def _remove_if_owner(target: Path, owner: int) -> None:
         shutil.rmtree(target, ignore_errors=True)
 
 
+def model_size(repository: Path) -> int:
+    """Bytes of model_onnx's model files (model.onnx and any external data beside it), links followed."""
+    version = repository / "model_onnx" / "1"
+    try:
+        return sum(entry.stat().st_size for entry in version.iterdir()
+                   if entry.is_file() and not entry.name.endswith((".py", ".pyc")))
+    except OSError:
+        return 0
+
+
+def within_memory(sizes: Sizes, source: Path, limit: int | None) -> Sizes:
+    """`sizes` without the second sessions when their copies of the model would not fit the memory limit `limit`
+    (bytes; None: no limit): sizing.second_sessions_fit. Logs the reason."""
+    if not sizes.busy_ort_threads:
+        return sizes
+    model_bytes = model_size(source)
+    if second_sessions_fit(sizes, model_bytes, limit):
+        return sizes
+    log.info("no second ONNX Runtime sessions: %d more copies of the model (%d MiB each) would take more than %d%% of "
+             "the memory limit (%d MiB)", sizes.model_instances, model_bytes >> 20,
+             round(BUSY_SESSIONS_MEMORY_SHARE * 100), (limit or 0) >> 20)
+    return replace(sizes, busy_ort_threads=0)
+
+
 def _repository_argument(args: list[str]) -> tuple[int, Path] | None:
     for index, arg in enumerate(args):
         if arg.startswith(REPOSITORY_OPTION + "="):
@@ -119,6 +145,7 @@ def sized(tritonserver: list[str]) -> list[str]:
         return tritonserver
     index, source = found
     sizes, how = choose(report, build_sizing(source))
+    sizes = within_memory(sizes, source, memory_limit())
     target = render(source, sizes)
     log.info("%s", report.describe())
     log.info("%s: model_onnx %d instance(s) x %d ONNX Runtime thread(s), %d tokenizer instance(s), batch delay %d us, "

@@ -40,6 +40,11 @@ MIN_MODEL_INSTANCES = 2
 # One tokenizer instance keeps up with this many cores of model work (a short text: ~0.4 ms of tokenizer CPU
 # against 3-14 ms of model CPU).
 CPUS_PER_TOKENIZER = 8
+# The second sessions of the model_onnx instances (Sizes.busy_ort_threads) hold one more copy of the model's weights
+# each: they are left out when those copies would take more than this share of the memory limit (a large model in a
+# small pod); the instances then run with their one session, all threads, busy or not.
+BUSY_SESSIONS_MEMORY_SHARE = 0.25
+UNLIMITED = 1 << 60  # a cgroup v1 memory limit this large means none
 
 
 class SizingError(ValueError):
@@ -221,6 +226,29 @@ def busy_threads(cpus: int, instances: int, threads: int) -> int:
         return 0
     share = max(1, cpus // instances)
     return share if share < threads else 0
+
+
+def memory_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> int | None:
+    """The smallest memory limit in bytes of this process's cgroup and its ancestors (v2 memory.max, v1
+    memory.limit_in_bytes); None without one."""
+    v2_path, _ = _cgroup_paths(proc_self_cgroup)
+    v1_path = None
+    for line in (_read(proc_self_cgroup) or "").splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and "memory" in parts[1].split(","):
+            v1_path = parts[2]
+    v2_root = root if (root / "cgroup.controllers").is_file() or not (root / "unified").is_dir() else root / "unified"
+    files = [d / "memory.max" for d in _candidates(v2_root, v2_path)]
+    if (root / "memory").is_dir():
+        files += [d / "memory.limit_in_bytes" for d in _candidates(root / "memory", v1_path)]
+    limits = [int(text) for text in (_read(f) for f in files) if text and text.isdigit() and int(text) < UNLIMITED]
+    return min(limits) if limits else None
+
+
+def second_sessions_fit(sizes: Sizes, model_bytes: int, limit: int | None) -> bool:
+    """Whether the instances' second sessions (one more copy of model.onnx's weights each) stay within
+    BUSY_SESSIONS_MEMORY_SHARE of the memory limit (always, without a limit)."""
+    return limit is None or sizes.model_instances * model_bytes <= limit * BUSY_SESSIONS_MEMORY_SHARE
 
 
 def describe_busy(sizes: Sizes) -> str:

@@ -168,6 +168,57 @@ def test_busy_threads_share_the_cpus_among_busy_instances(cpus: int, expected: t
     assert (sizes.model_instances, sizes.ort_threads, sizes.busy_ort_threads) == expected
 
 
+def test_memory_limit_v2_v1_and_none(tmp_path: Path) -> None:
+    """The smallest memory limit along the cgroup path, v2 (memory.max) or v1 (memory.limit_in_bytes); "max" and
+    v1's huge "no limit" value are no limit."""
+    root = tmp_path / "v2" / "cgroup"
+    own = v2_tree(root, {}, own="/kubepods/pod1/c1")
+    write(root / "kubepods" / "pod1" / "memory.max", f"{2 << 30}\n")
+    write(root / "kubepods" / "pod1" / "c1" / "memory.max", "max\n")
+    assert sizing.memory_limit(root, own) == 2 << 30
+    root1 = tmp_path / "v1" / "cgroup"
+    write(root1 / "memory" / "docker" / "abc" / "memory.limit_in_bytes", f"{1 << 30}\n")
+    write(root1 / "memory" / "memory.limit_in_bytes", "9223372036854771712\n")
+    own1 = write(tmp_path / "v1" / "proc_self_cgroup", "4:memory:/docker/abc\n0::/\n")
+    assert sizing.memory_limit(root1, own1) == 1 << 30
+    assert sizing.memory_limit(tmp_path / "none", tmp_path / "missing") is None
+
+
+def test_second_sessions_only_where_their_copies_fit_a_quarter_of_the_memory() -> None:
+    sizes = sizing.policy(2)
+    assert sizes.busy_ort_threads == 1 and sizes.model_instances == 2
+    mib = 1 << 20
+    assert sizing.second_sessions_fit(sizes, 90 * mib, None)  # no limit: always
+    assert sizing.second_sessions_fit(sizes, 90 * mib, 1024 * mib)  # MiniLM-L6 in docker run -m 1g: 180 <= 256
+    assert not sizing.second_sessions_fit(sizes, 440 * mib, 1536 * mib)  # BERT-base in the chart's 1536Mi: 880 > 384
+
+
+def test_a_large_model_in_a_small_memory_limit_gets_no_second_sessions(tmp_path: Path) -> None:
+    """The sized repository's rule: model_onnx's files (model.onnx and external data, links followed) against the
+    memory limit; the sized config then says 0 second-session threads."""
+    repo = read_only_repository(tmp_path)  # model.onnx of 7 bytes
+    mib = 1 << 20
+    data = tmp_path / "model.onnx.data"
+    with open(data, "wb") as sparse:
+        sparse.truncate(300 * mib)  # sparse: no disk used
+    sizes = sizing.policy(2)
+    assert sized_repository.within_memory(sizes, repo, 1024 * mib) == sizes  # 2 x 7 bytes
+    link_dir = tmp_path / "linked"
+    shutil.copytree(repo, link_dir, symlinks=True)
+    (link_dir / "model_onnx" / "1").chmod(0o700)
+    (link_dir / "model_onnx" / "1" / "model.onnx.data").symlink_to(data)
+    assert sized_repository.model_size(link_dir) == 300 * mib + len("weights")
+    assert sized_repository.within_memory(sizes, link_dir, 1024 * mib).busy_ort_threads == 0  # 600 MiB > 256
+    assert sized_repository.within_memory(sizes, link_dir, 4096 * mib) == sizes  # 600 MiB <= 1024
+    assert sized_repository.within_memory(sizes, link_dir, None) == sizes
+    base = tmp_path / "tmp"
+    base.mkdir()
+    target = sized_repository.render(link_dir, sized_repository.within_memory(sizes, link_dir, 1024 * mib), base)
+    onnx = (target / "model_onnx" / "config.pbtxt").read_text()
+    assert 'busy_intra_op_thread_count" value: { string_value: "0"' in onnx, onnx
+    shutil.rmtree(target)
+
+
 def build_file(repository: Path, sizing_object: object = None, **sizes) -> Path:
     """The manifest tritoned.json as utils/write_manifest.py writes it, with these sizes (or this `sizing` member)."""
     data = written("ensemble_model", labels=["a", "b"], max_batch_size=4, function="softmax",
