@@ -169,9 +169,8 @@ main() {
   # exec: the gateway keeps this script's pid ($$), which the shared-memory region names carry; tritonserver
   # dies with it (parent-death signal), so a region whose pid is gone is provably stale.
   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m gateway \
-    --host "$HOST" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" -- \
-    "$site/pytriton/tritonserver/bin/tritonserver" \
-    --model-repository="$repo" --backend-directory="$backends" \
+    --repository "$repo" --host "$HOST" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
+    --metrics-port "$METRICS_PORT" -- "$site/pytriton/tritonserver/bin/tritonserver" --backend-directory="$backends" \
     --backend-config=python,shm-region-prefix-name="$shm$$_" \
     "${EXTRA_ARGS[@]}"
 }

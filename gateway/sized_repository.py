@@ -1,9 +1,9 @@
 """The sized copy of the model repository that tritonserver serves (standard library only).
 
-The assembled repository (/models in the image) stays read-only: at start the gateway writes, into a directory of its
+The assembled repository stays read-only (in the image it is): at start the gateway writes, into a directory of its
 own under the temporary directory, one directory per model holding a config.pbtxt with the chosen sizes and a
 symbolic link to everything else (model.onnx, the tokenizer, model.py and their version directories), and points
-tritonserver's --model-repository at it. Directories left by earlier gateways that no longer run are removed first
+tritonserver at it. Directories left by earlier gateways that no longer run are removed first
 (only this user's, only those named for a process that is gone); this gateway's own is removed when it exits.
 """
 from __future__ import annotations
@@ -16,13 +16,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from .manifest import FILE_NAME as MANIFEST_FILE
+from .manifest import FILE_NAME as MANIFEST_FILE, repository_of, with_repository
 from .sizing import Sizes, SizingError, build_sizing, choose, find_cpus
 
 log = logging.getLogger("tritoned.sizing")
 
 PREFIX = "tritoned_repository_"
-REPOSITORY_OPTION = "--model-repository"
 INSTANCES = re.compile(r"(instance_group \[ \{ count: )\d+(, kind: KIND_CPU \} \])")
 THREADS = re.compile(r'(key: "intra_op_thread_count" value: \{ string_value: ")\d*(" \})')
 DELAY = re.compile(r"(max_queue_delay_microseconds: )\d+")
@@ -99,27 +98,19 @@ def _remove_if_owner(target: Path, owner: int) -> None:
         shutil.rmtree(target, ignore_errors=True)
 
 
-def _repository_argument(args: list[str]) -> tuple[int, Path] | None:
-    for index, arg in enumerate(args):
-        if arg.startswith(REPOSITORY_OPTION + "="):
-            return index, Path(arg.split("=", 1)[1])
-    return None
-
-
 def sized(tritonserver: list[str]) -> list[str]:
-    """The tritonserver command with --model-repository pointing at a sized copy, when the repository has a
+    """The tritonserver command serving a sized copy of its repository, when the repository has a
     manifest tritoned.json (make_triton_image.sh writes one, with the build's sizing); otherwise unchanged. Logs
     what it found and chose; SizingError when the manifest is malformed."""
-    found = _repository_argument(tritonserver)
+    source = repository_of(tritonserver)
     report = find_cpus()
-    if found is None or not (found[1] / MANIFEST_FILE).is_file():
+    if source is None or not (source / MANIFEST_FILE).is_file():
         log.info("%s; the repository has no %s: served as configured", report.describe(), MANIFEST_FILE)
         return tritonserver
-    index, source = found
     sizes, how = choose(report, build_sizing(source))
     target = render(source, sizes)
     log.info("%s", report.describe())
     log.info("%s: model_onnx %d instance(s) x %d ONNX Runtime thread(s), %d tokenizer instance(s), batch delay %d us "
              "(sized repository: %s)", how, sizes.model_instances, sizes.ort_threads, sizes.preprocessing_instances,
              sizes.batch_delay_us, target)
-    return [*tritonserver[:index], f"{REPOSITORY_OPTION}={target}", *tritonserver[index + 1:]]
+    return with_repository(tritonserver, target)
