@@ -80,7 +80,7 @@ def _option(parser: argparse.ArgumentParser, flag: str, kind: type, default: obj
             note: str = "") -> None:
     """--flag whose default is the variable variable_of(flag) or `default`; its help names both."""
     variable = variable_of(flag)
-    shown = f"{default:g}" if isinstance(default, float) else str(default)
+    shown = f"{default:g}" if isinstance(default, float) else (str(default) or "none")
     value = os.environ.get(variable)
     if value is not None:
         try:
@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     add = functools.partial(_option, parser)
     add(REPOSITORY_FLAG, str, "", "the model repository to serve (make_triton_image.sh assembles it, with its "
         f"manifest {manifest.FILE_NAME}); the gateway passes it to tritonserver. Empty: tritonserver's own "
-        f"{manifest.REPOSITORY_OPTION} after --", note="; the image sets it to its repository")
+        f"{manifest.REPOSITORY_OPTION} after --", note="; the image's Dockerfile sets it")
     add("--host", str, defaults.host, "address of the public ports")
     add("--http-port", int, defaults.http_port, "public HTTP port")
     add("--grpc-port", int, defaults.grpc_port, "public gRPC port")
