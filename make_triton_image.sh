@@ -4,9 +4,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
 # shellcheck source=utils/cli.sh
-source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, IMAGE_LABEL, DEFAULT_MODEL_NAME
+source "$ROOT/utils/cli.sh"  # BUILD_ROOT, PROJECT_PYTHON, die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, IMAGE_LABEL, DEFAULT_MODEL_NAME
 RESERVED_NAMES=(text_preprocessing model_onnx post_processing)
 # Directories in build/ that are not a model's: the README's converter output and wheelhouse, and the tools' own.
 BUILD_DIRS=(artifacts wheels demo bench soak standin triton_backends)
@@ -175,7 +174,7 @@ check_tag() {
 }
 
 find_python() {
-  local python="${TRITONED_PYTHON:-$ROOT/.venv/bin/python}"
+  local python="$PROJECT_PYTHON"
   [[ -x "$python" ]] || python="$(command -v python3 || true)"
   if [[ -z "$python" ]] || ! "$python" -c 'import onnx, tokenizers' 2>/dev/null; then
     fail "no Python with onnx and tokenizers found; run ./setup_venv.sh first (or set TRITONED_PYTHON)"
