@@ -22,8 +22,11 @@ RUN if [ "$WHEELHOUSE" = "1" ]; then \
     fi \
  && rm -rf /opt/tritoned/wheels
 
-# Owned by root and not writable by the server's user: the model repository is read-only to Triton.
-COPY model_repository/ /models/
+# Owned by root and not writable by the server's user: the model repository is read-only to Triton. The one home
+# of its path: the gateway serves the repository TRITONED_REPOSITORY names (python -m gateway --help), and so does
+# the health check.
+ENV TRITONED_REPOSITORY=/models
+COPY model_repository/ ${TRITONED_REPOSITORY}/
 # The entrypoint (docker/serve_image.sh), the liveness check and the gateway they run (the same as serve_local.sh's).
 COPY serve_image.sh healthcheck /opt/tritoned/
 COPY gateway/ /opt/tritoned/gateway/
@@ -35,7 +38,8 @@ EXPOSE 8000 8001 8002
 # End to end: a probe text through the public port 8000 must come back with a label (within 4 s).
 HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 CMD ["/opt/tritoned/healthcheck"]
 
-# The gateway (PID 1 after exec) serves 8000/8001/8002 and runs tritonserver on /models behind it; SIGTERM drains.
+# The gateway (PID 1 after exec) serves 8000/8001/8002 and runs tritonserver on the repository behind it; SIGTERM
+# drains.
 # Arguments of docker run go to tritonserver; -e TRITONED_ADMIN_KEY=... opens the restricted APIs to requests
 # with that key; -e TRITONED_...=... sets the gateway's limits (see /opt/tritoned/serve_image.sh --help).
 ENTRYPOINT ["/opt/tritoned/serve_image.sh"]

@@ -3,9 +3,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
 # shellcheck source=utils/cli.sh
-source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, IMAGE_LABEL
+source "$ROOT/utils/cli.sh"  # BUILD_ROOT, die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, IMAGE_LABEL
 
 usage() {
   cat <<USAGE

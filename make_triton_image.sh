@@ -4,9 +4,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
 # shellcheck source=utils/cli.sh
-source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, IMAGE_LABEL, DEFAULT_MODEL_NAME
+source "$ROOT/utils/cli.sh"  # BUILD_ROOT, PROJECT_PYTHON, die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, IMAGE_LABEL, DEFAULT_MODEL_NAME
 RESERVED_NAMES=(text_preprocessing model_onnx post_processing)
 # Directories in build/ that are not a model's: the README's converter output and wheelhouse, and the tools' own.
 BUILD_DIRS=(artifacts wheels demo bench soak standin triton_backends)
@@ -16,6 +15,10 @@ NGC_IMAGE="nvcr.io/nvidia/tritonserver"
 # Dockerfile has none and gets its base from the build argument BASE_IMAGE that docker_build always passes.
 DEFAULT_RELEASE="26.07"
 RELEASE_DEFECTS="$ROOT/docker/release_defects.txt"  # the known defects of older releases
+# The one table of the NGC bases' Python: from release SINCE on, Python X.Y on glibc PLATFORM (newest first; older
+# releases: unknown). 24.10 is Ubuntu 22.04 (Python 3.10, glibc 2.35), from 24.11 on Ubuntu 24.04 (3.12, 2.39).
+NGC_PYTHONS="24.11 3.12 manylinux_2_39_x86_64
+24.10 3.10 manylinux_2_35_x86_64"
 
 usage() {
   cat <<USAGE
@@ -57,13 +60,12 @@ Options:
                            can't be pulled: built (or reused) by docker/standin/build_standin.sh
                            (needs root for debootstrap on its first run)
   --wheelhouse DIR         install the serving requirements offline from the wheels in DIR, made for
-                           the base's Python (3.12 for NGC >= 24.11, 3.10 for 24.10, 3.11 for --standin):
-                           pip download -r requirements-serving.txt -d DIR --only-binary=:all:
-                             --python-version 3.12 --platform manylinux_2_39_x86_64
-                             --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64
-                             --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
-                           The wheels are checked before the build: a wrong Python stops it with the
-                           command for the right one (not checked for --base-image: its Python is unknown)
+                           the base's Python and glibc:
+$(python_table_help)
+                           The wheels are checked before the build: wheels that do not fit (or none)
+                           stop it with the pip download command that fills DIR for the base (the one
+                           for the default base: docs/image.md). Not checked for --base-image: its
+                           Python is unknown
   --preprocessing-instances N  tokenizer instances (processes)             (default: auto)
   --model-instances N      ONNX Runtime instances (processes), each runs one batch at a time
                                                                             (default: auto)
@@ -172,7 +174,7 @@ check_tag() {
 }
 
 find_python() {
-  local python="${TRITONED_PYTHON:-$ROOT/.venv/bin/python}"
+  local python="$PROJECT_PYTHON"
   [[ -x "$python" ]] || python="$(command -v python3 || true)"
   if [[ -z "$python" ]] || ! "$python" -c 'import onnx, tokenizers' 2>/dev/null; then
     fail "no Python with onnx and tokenizers found; run ./setup_venv.sh first (or set TRITONED_PYTHON)"
@@ -363,20 +365,32 @@ warn_about_release() {
   } >&2
 }
 
-# The base's Python (X.Y) and newest manylinux platform, "X.Y PLATFORM"; nothing when unknown (--base-image, or an
-# NGC release older than 24.10). NGC: 24.10 is Ubuntu 22.04 with Python 3.10, 24.11 on Ubuntu 24.04 with 3.12.
+# The base's Python (X.Y) and newest manylinux platform (its glibc), "X.Y PLATFORM"; nothing when unknown
+# (--base-image, or an NGC release older than the table's). The stand-in's: docker/standin/build_standin.sh.
 base_python() {
   if [[ "$STANDIN" == 1 ]]; then
     "$ROOT/docker/standin/build_standin.sh" --print-python
   elif [[ "$BASE_IMAGE" == "$NGC_IMAGE:$TRITON_RELEASE-py3" && "$TRITON_RELEASE" =~ ^[0-9]{2}\.[0-9]{2} ]]; then
-    local number
+    local number since python platform
     number="$(release_number "$TRITON_RELEASE")"
-    if (( number >= 2411 )); then
-      echo "3.12 manylinux_2_39_x86_64"
-    elif (( number == 2410 )); then
-      echo "3.10 manylinux_2_35_x86_64"
-    fi
+    while read -r since python platform; do
+      if (( number >= $(release_number "$since") )); then
+        echo "$python $platform"
+        return 0
+      fi
+    done <<< "$NGC_PYTHONS"
   fi
+}
+
+# The table for --help, one base a line; the stand-in's Python from docker/standin/build_standin.sh.
+python_table_help() {
+  local since python platform releases="and later" indent="                             "
+  while read -r since python platform; do
+    echo "${indent}NGC $since $releases: Python $python, $platform"
+    releases="to before $since"
+  done <<< "$NGC_PYTHONS"
+  read -r python platform < <("$ROOT/docker/standin/build_standin.sh" --print-python)
+  echo "${indent}--standin: Python $python, $platform"
 }
 
 # --wheelhouse DIR: its wheels must install on the base's Python (utils/check_wheelhouse.py), else stop before the
@@ -386,6 +400,8 @@ check_wheelhouse() {
   [[ -n "$WHEELHOUSE" ]] || return 0
   target="$(base_python)"
   if [[ -z "$target" ]]; then
+    compgen -G "$WHEELHOUSE/*.whl" >/dev/null || die "--wheelhouse $WHEELHOUSE holds no .whl files; fill it with" \
+      "pip download for the Python and glibc of $BASE_IMAGE (docs/image.md shows the command for NGC)"
     echo "make_triton_image.sh: note: the Python of $BASE_IMAGE is unknown to this script, so the wheels in" \
       "--wheelhouse are not checked against it" >&2
     return 0
@@ -420,9 +436,6 @@ main() {
   check_size --batch-delay-us "$SIZE_BATCH_DELAY_US" 0
   check_function "$FUNCTION"
   check_threshold "$THRESHOLD"
-  if [[ -n "$WHEELHOUSE" ]]; then
-    compgen -G "$WHEELHOUSE/*.whl" >/dev/null || die "--wheelhouse $WHEELHOUSE holds no .whl files; fill it with pip download (see --help)"
-  fi
   local python
   python="$(find_python)"
   check_wheelhouse "$python"

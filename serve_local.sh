@@ -6,9 +6,8 @@
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-BUILD_ROOT="${TRITONED_BUILD_DIR:-$ROOT/build}"
 # shellcheck source=utils/cli.sh
-source "$ROOT/utils/cli.sh"  # die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, DEFAULT_MODEL_NAME
+source "$ROOT/utils/cli.sh"  # BUILD_ROOT, PROJECT_PYTHON, die (exit 2), fail (exit 1), need_value, EXIT_STATUS_HELP, DEFAULT_MODEL_NAME
 
 usage() {
   cat <<USAGE
@@ -40,7 +39,7 @@ USAGE
 }
 
 lockdown_description() {
-  PYTHONPATH="$ROOT" "${TRITONED_PYTHON:-$ROOT/.venv/bin/python}" -m gateway.lockdown --describe 2>/dev/null \
+  PYTHONPATH="$ROOT" "$PROJECT_PYTHON" -m gateway.lockdown --describe 2>/dev/null \
     || echo "(run ./setup_venv.sh to see the lock-down)"
 }
 
@@ -100,7 +99,7 @@ check_repository() {
 }
 
 find_python() {
-  local python="${TRITONED_PYTHON:-$ROOT/.venv/bin/python}"
+  local python="$PROJECT_PYTHON"
   [[ -x "$python" ]] || fail "no Python at $python: run ./setup_venv.sh first (or set TRITONED_PYTHON)"
   "$python" -c 'import pytriton, onnxruntime, tokenizers, aiohttp, grpc, tritonclient.grpc' 2>/dev/null \
     || fail "$python lacks nvidia-pytriton/onnxruntime/tokenizers/aiohttp/grpcio/tritonclient: run ./setup_venv.sh"
@@ -169,9 +168,8 @@ main() {
   # exec: the gateway keeps this script's pid ($$), which the shared-memory region names carry; tritonserver
   # dies with it (parent-death signal), so a region whose pid is gone is provably stale.
   PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m gateway \
-    --host "$HOST" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" --metrics-port "$METRICS_PORT" -- \
-    "$site/pytriton/tritonserver/bin/tritonserver" \
-    --model-repository="$repo" --backend-directory="$backends" \
+    --repository "$repo" --host "$HOST" --http-port "$HTTP_PORT" --grpc-port "$GRPC_PORT" \
+    --metrics-port "$METRICS_PORT" -- "$site/pytriton/tritonserver/bin/tritonserver" --backend-directory="$backends" \
     --backend-config=python,shm-region-prefix-name="$shm$$_" \
     "${EXTRA_ARGS[@]}"
 }

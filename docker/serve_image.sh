@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The serving image's entrypoint: runs tritonserver on /models behind the gateway (gateway/, installed beside
+# The serving image's entrypoint: runs tritonserver on the image's model repository behind the gateway (gateway/, installed beside
 # this script in /opt/tritoned/): the gateway serves the public ports 8000 (HTTP), 8001 (gRPC) and 8002
 # (metrics), checks every request, supervises the backend processes and drains on SIGTERM. The same gateway,
 # tritonserver arguments and lock-down as serve_local.sh. make_triton_image.sh copies this file, healthcheck and
@@ -10,7 +10,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # In the image the gateway package lies beside this script; in a source checkout, one directory up.
 GATEWAY_HOME="$HERE"
 [[ -d "$GATEWAY_HOME/gateway" ]] || GATEWAY_HOME="$(cd "$HERE/.." && pwd)"
-MODEL_REPOSITORY="/models"
+# The image's model repository: the Dockerfile sets TRITONED_REPOSITORY, which the gateway (and the health check) read.
+REPOSITORY_VARIABLE="TRITONED_REPOSITORY"
 # NGC images start everything through this script (driver checks, CUDA compatibility libraries): keep it.
 NVIDIA_ENTRYPOINT="/opt/nvidia/nvidia_entrypoint.sh"
 
@@ -21,7 +22,7 @@ Usage: docker run [DOCKER_OPTIONS] IMAGE [TRITONSERVER_OPTIONS...]
        (inside the image: /opt/tritoned/serve_image.sh [-h|--help] [--] [TRITONSERVER_OPTIONS...])
 
 Runs the gateway (python3 -m gateway, replacing this script so that it gets docker stop's SIGTERM), which
-starts tritonserver --model-repository=$MODEL_REPOSITORY with the options of gateway/tritonserver.py and then
+starts tritonserver on the model repository $(repository) with the options of gateway/tritonserver.py and then
 TRITONSERVER_OPTIONS as given (e.g. --log-verbose=1), on internal 127.0.0.1 ports. The gateway serves
 8000 (HTTP), 8001 (gRPC) and 8002 (GET /metrics); options that would change ports, model control or the
 lock-down are refused. Gateway settings come from TRITONED_* variables (docker run -e TRITONED_MAX_TEXT_BYTES=...;
@@ -31,7 +32,7 @@ $(lockdown_description)
 
 Sizing: at start the gateway sizes the model instances, ONNX Runtime threads and tokenizer instances for the
 CPUs the container may use (docker run --cpus N, --cpuset-cpus, a Kubernetes CPU limit); -e TRITONED_CPUS=N
-sizes for N CPUs instead. The sized configs go to a directory under /tmp: $MODEL_REPOSITORY stays read-only.
+sizes for N CPUs instead. The sized configs go to a directory under /tmp: the repository stays read-only.
 
 Health: GET /v2/health/ready on 8000 (503 while broken, recovering or draining); /opt/tritoned/healthcheck
 is the end-to-end liveness command (the image's HEALTHCHECK). SIGTERM: readiness 503 at once, requests in
@@ -41,6 +42,10 @@ A first argument that does not start with - is run as a command instead (e.g. ba
 Exit status: the gateway's: 0 after SIGTERM drained the requests in flight, 2 refused arguments or
 TRITONED_* settings (nothing started), else tritonserver's.
 USAGE
+}
+
+repository() {
+  echo "${!REPOSITORY_VARIABLE:-(unset)} ($REPOSITORY_VARIABLE, set by the Dockerfile)"
 }
 
 lockdown_description() {
@@ -63,7 +68,7 @@ main() {
     -*|"") ;;
     *) run "$@" ;;
   esac
-  run python3 -m gateway -- tritonserver --model-repository="$MODEL_REPOSITORY" "$@"
+  run python3 -m gateway -- tritonserver "$@"
 }
 
 main "$@"

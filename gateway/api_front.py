@@ -31,7 +31,7 @@ class ApiFront:
     def __init__(self, front: "HttpFront", max_concurrent_requests: int) -> None:
         self.front = front
         self.max_concurrent_requests = max_concurrent_requests
-        self.repository: Path | None = None  # the model repository (tritonserver's --model-repository)
+        self.repository: Path | None = None  # the model repository tritonserver serves (manifest.repository_of)
         self._manifest: manifest.Manifest | None = None
         self._token_counter: tei_api.TokenCounter | None = None
 
@@ -61,8 +61,8 @@ class ApiFront:
         """The served model's manifest, read once; ApiError (503) naming the file and the fix when unreadable."""
         if self._manifest is None:
             if self.repository is None:
-                raise ApiError(503, "the model repository is not known (tritonserver was started without "
-                                    "--model-repository=DIR): the HF and TEI APIs need its tritoned.json",
+                raise ApiError(503, "the model repository is not known (the gateway was started without "
+                                    "--repository DIR): the HF and TEI APIs need its tritoned.json",
                                "Unhealthy")
             try:
                 self._manifest = manifest.load(self.repository)

@@ -1,6 +1,11 @@
 """What the gateway knows of the served models, read from Triton itself (metadata and configuration): the size
-limit of each model's requests (from max_batch_size), which outputs are strings (no top-k there), the ensembles
-(probed end to end), and each model's backend instances (watched by the supervisor)."""
+limit of each model's requests, which outputs are strings (no top-k there), the ensembles (probed end to end), and
+each model's backend instances (watched by the supervisor).
+
+Body limits come from the models clients call with text, the ensembles (their max_batch_size and text inputs): an
+internal model (model_onnx, whose max_batch_size is the dynamic batcher's, far above the clients') is never allowed
+a larger body than the largest ensemble's, and the gRPC port's message size follows the same limit. A repository
+without an ensemble limits each model by its own max_batch_size."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -58,15 +63,23 @@ class Catalog:
     def get(self, name: str) -> Model | None:
         return self.models.get(name)
 
+    def _own_limit(self, model: Model) -> int:
+        return self.limits.body_limit(model.max_batch_size, model.texts_per_row)
+
     def body_limit(self, name: str | None) -> int:
-        """Largest inference body for model `name`; an unknown model gets the smallest (Triton will refuse it)."""
+        """Largest inference body for model `name`: an ensemble's own; any other model's own but at most the
+        largest ensemble's (see the module's doc); an unknown model gets the smallest (Triton will refuse it)."""
         model = self.models.get(name or "")
         if model is None:
             return self.limits.body_limit(1, 1)
-        return self.limits.body_limit(model.max_batch_size, model.texts_per_row)
+        own = self._own_limit(model)
+        return own if model.is_ensemble else min(own, self.largest_body_limit())
 
     def largest_body_limit(self) -> int:
-        return max([self.limits.body_limit(1, 1)] + [self.body_limit(name) for name in self.models])
+        """The largest body any model is allowed (the gRPC port's message size): the largest ensemble's, or where
+        there is no ensemble, the largest model's."""
+        clients = self.ensembles or list(self.models.values())
+        return max([self.limits.body_limit(1, 1)] + [self._own_limit(model) for model in clients])
 
     @property
     def ensembles(self) -> list[Model]:

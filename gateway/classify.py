@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .manifest import FUNCTIONS, Manifest
+from .manifest import Manifest
 
 Item = tuple[str, str | None]  # (text, text_pair or None)
 FUNCTION_PARAMETER = "function_to_apply"  # the ensemble's per-request parameter (post_processing)
@@ -34,9 +34,11 @@ class Job:
     function: str | None = None
 
 
-def check_function(value: Any, where: str) -> str:
-    if not isinstance(value, str) or value.lower() not in FUNCTIONS:
-        raise ApiError(400, f"{where} must be one of {', '.join(repr(f) for f in FUNCTIONS)}, got {value!r:.80}")
+def check_function(value: Any, where: str, manifest: Manifest) -> str:
+    """A function_to_apply of a request: one of those the served post_processing applies (the manifest's)."""
+    if not isinstance(value, str) or value.lower() not in manifest.functions:
+        raise ApiError(400, f"{where} must be one of {', '.join(repr(f) for f in manifest.functions)}, "
+                            f"got {value!r:.80}")
     return value.lower()
 
 

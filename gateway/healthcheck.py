@@ -13,7 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from . import manifest, probe
+from . import manifest, probe, settings
 
 
 def _call(url: str, body: bytes | None, deadline: float) -> tuple[int, bytes]:
@@ -51,13 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default=os.environ.get("TRITONED_HEALTHCHECK_MODEL"),
                         help="model to probe (default: the ensemble that --repository's manifest names) "
                              "[TRITONED_HEALTHCHECK_MODEL]")
-    parser.add_argument("--repository", type=Path, default=Path("/models"),
-                        help="model repository whose manifest tritoned.json names the ensemble (default /models, "
-                             "the image's)")
+    variable = settings.variable_of(settings.REPOSITORY_FLAG)
+    parser.add_argument(settings.REPOSITORY_FLAG, type=Path, default=os.environ.get(variable),
+                        help=f"model repository whose manifest {manifest.FILE_NAME} names the ensemble (default: the "
+                             f"gateway's, [{variable}], which the image sets)")
     parser.add_argument("--timeout", type=float, default=4.0,
                         help="seconds for the whole check (default 4: Docker's and the chart's probe timeout is 5)")
     parser.add_argument("--text", default=probe.TEXT, help="probe text")
     args = parser.parse_args(argv)
+    if not args.model and not args.repository:
+        print(f"unhealthy: give --model or {settings.REPOSITORY_FLAG} ({variable} is not set)", file=sys.stderr)
+        return 2
     try:
         model = args.model or manifest.load(args.repository).ensemble
     except manifest.ManifestError as error:

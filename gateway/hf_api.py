@@ -53,7 +53,7 @@ def parse(body: Any, manifest: Manifest) -> tuple[Job, Any]:
         raise ApiError(400, f"parameters.top_k must be a non-negative integer or null (every label), got {top_k!r:.80}")
     function = parameters.get("function_to_apply")
     if function is not None:
-        function = check_function(function, "parameters.function_to_apply")
+        function = check_function(function, "parameters.function_to_apply", manifest)
     try:
         check_items(items, manifest)
     except ApiError as error:

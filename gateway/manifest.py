@@ -2,7 +2,9 @@
 repository): the served model's facts for the run-time side, read here once. Standard library only.
 
 Format 2 added the member `sizing` (it was the separate file sizing.json): which sizes the build fixed and which
-are "auto" (gateway/sizing.py chooses those at start), and whether model_onnx may batch requests together."""
+are "auto" (gateway/sizing.py chooses those at start), and whether model_onnx may batch requests together. Format 3
+added `functions`: the output functions post_processing applies (their one home: model_repository/tritoned_heads.py,
+which the gateway does not import: it is not in the image's gateway, and it needs numpy)."""
 from __future__ import annotations
 
 import json
@@ -11,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 FILE_NAME = "tritoned.json"
-FORMAT = 2
-FUNCTIONS = ("softmax", "sigmoid", "none")
-REPOSITORY_OPTIONS = ("--model-repository", "--model-store")  # tritonserver's option and its old alias
+FORMAT = 3
+# tritonserver's option naming the model repository, and its old alias: the gateway passes the repository it serves
+# (python -m gateway --repository DIR, gateway/settings.py) as REPOSITORY_OPTION=DIR; no script spells it.
+REPOSITORY_OPTION = "--model-repository"
+REPOSITORY_OPTIONS = (REPOSITORY_OPTION, "--model-store")
 FIX = "rebuild the repository with ./make_triton_image.sh (it writes the manifest)"
 
 
@@ -42,6 +46,7 @@ class BuildSizing:
 @dataclass(frozen=True)
 class Manifest:
     ensemble: str
+    functions: tuple[str, ...]  # the output functions post_processing applies (function_to_apply of a request)
     inputs: tuple[str, ...]
     outputs: tuple[str, ...]
     string_outputs: tuple[str, ...]
@@ -110,12 +115,13 @@ def parse(data: Any, path: Path) -> Manifest:
         raise ManifestError(f"{path}: not a JSON object; {FIX}")
     if data.get("format") != FORMAT:
         raise ManifestError(f"{path}: format {data.get('format')!r} is not {FORMAT}, the one this gateway reads; {FIX}")
+    known = _strings(data, "functions", path)
     functions = {name: _field(data, name, str, path) for name in ("function_to_apply", "pipeline_function")}
     for name, value in functions.items():
-        if value not in FUNCTIONS:
-            raise ManifestError(f"{path}: '{name}' is {value!r}, not one of {', '.join(FUNCTIONS)}; {FIX}")
+        if value not in known:
+            raise ManifestError(f"{path}: '{name}' is {value!r}, not one of {', '.join(known)}; {FIX}")
     manifest = Manifest(
-        ensemble=_field(data, "ensemble", str, path), inputs=_strings(data, "inputs", path),
+        ensemble=_field(data, "ensemble", str, path), functions=known, inputs=_strings(data, "inputs", path),
         outputs=_strings(data, "outputs", path), string_outputs=_strings(data, "string_outputs", path),
         max_batch_size=_field(data, "max_batch_size", int, path), labels=_strings(data, "labels", path),
         function_to_apply=functions["function_to_apply"], pipeline_function=functions["pipeline_function"],
@@ -146,15 +152,35 @@ def load(repository_dir: Path | str) -> Manifest:
     return parse(data, path)
 
 
-def repository_of(command: list[str]) -> Path | None:
-    """The model repository named by tritonserver's arguments (--model-repository=DIR or --model-repository DIR);
-    None when there is none (or several: the manifest of which would be ambiguous)."""
-    found: list[str] = []
+def repository_arguments(command: list[str]) -> list[tuple[int, int, str]]:
+    """Where tritonserver's arguments name a model repository (--model-repository=DIR or --model-repository DIR, or
+    the alias): (index, number of words, DIR) for each."""
+    found: list[tuple[int, int, str]] = []
     for index, arg in enumerate(command):
         name, equals, value = arg.partition("=")
         if name in REPOSITORY_OPTIONS:
             if equals:
-                found.append(value)
+                found.append((index, 1, value))
             elif index + 1 < len(command):
-                found.append(command[index + 1])
-    return Path(found[0]) if len(found) == 1 else None
+                found.append((index, 2, command[index + 1]))
+    return found
+
+
+def repository_of(command: list[str]) -> Path | None:
+    """The model repository named by tritonserver's arguments; None when there is none (or several: the manifest of
+    which would be ambiguous)."""
+    found = repository_arguments(command)
+    return Path(found[0][2]) if len(found) == 1 else None
+
+
+def with_repository(command: list[str], repository: Path | str) -> list[str]:
+    """The tritonserver command serving `repository`: its one repository argument replaced, or (none given) added
+    right after the executable."""
+    found = repository_arguments(command)
+    if len(found) > 1:
+        raise ValueError(f"tritonserver's arguments name {len(found)} model repositories")
+    argument = f"{REPOSITORY_OPTION}={repository}"
+    if not found:
+        return [*command[:1], argument, *command[1:]]
+    index, words, _ = found[0]
+    return [*command[:index], argument, *command[index + words:]]

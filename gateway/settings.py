@@ -9,7 +9,7 @@ import json
 import os
 from dataclasses import dataclass, field
 
-from . import probe
+from . import manifest, probe
 
 MIB = 1 << 20
 MAX_WORKERS = 64
@@ -17,7 +17,7 @@ MAX_WORKERS = 64
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may be. Body limits follow each model's max_batch_size (read from Triton at start)."""
+    """What one request may be. Body limits follow the max_batch_size of the models clients call (catalog.py)."""
 
     max_text_bytes: int = 4 * MIB  # one text of a request, as sent (a 1 MB text JSON-escaped is up to ~3-6 MB)
     body_overhead_bytes: int = 1 * MIB  # the JSON around the texts; also the limit of every non-inference body
@@ -45,7 +45,7 @@ class SupervisorSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    tritonserver: list[str]  # executable and its arguments (those the gateway owns are added by it)
+    tritonserver: list[str]  # executable and its arguments (those the gateway owns are added by it, the repository too)
     host: str = "0.0.0.0"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -68,12 +68,19 @@ class Settings:
                       "supervisor": SupervisorSettings(**values["supervisor"])})
 
 
+REPOSITORY_FLAG = "--repository"
+
+
+def variable_of(flag: str) -> str:
+    """The environment variable that sets the gateway's option `flag`: TRITONED_<FLAG> (the flag in upper case)."""
+    return "TRITONED_" + flag[2:].replace("-", "_").upper()
+
+
 def _option(parser: argparse.ArgumentParser, flag: str, kind: type, default: object, help: str,
             note: str = "") -> None:
-    """--flag whose default is the variable TRITONED_<FLAG> (the flag's name in upper case) or `default`; its help
-    names both."""
-    variable = "TRITONED_" + flag[2:].replace("-", "_").upper()
-    shown = f"{default:g}" if isinstance(default, float) else str(default)
+    """--flag whose default is the variable variable_of(flag) or `default`; its help names both."""
+    variable = variable_of(flag)
+    shown = f"{default:g}" if isinstance(default, float) else (str(default) or "none")
     value = os.environ.get(variable)
     if value is not None:
         try:
@@ -92,13 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run tritonserver behind the tritoned front: public HTTP, gRPC and metrics ports with request "
                     "limits, a supervisor that reloads a model whose backend process died, truthful readiness and "
                     "a drain on SIGTERM. Every option also reads an environment variable (shown in brackets).",
-        epilog="Example: python -m gateway --http-port 8000 -- tritonserver --model-repository=/models\n"
-               "The gateway adds to tritonserver's arguments: internal ports on 127.0.0.1, "
+        epilog=f"Example: python -m gateway --http-port 8000 {REPOSITORY_FLAG} build/ensemble_model/context/"
+               "model_repository -- tritonserver\n"
+               "The gateway adds to tritonserver's arguments: the repository, internal ports on 127.0.0.1, "
                "--model-control-mode=explicit --load-model=*, the lock-down (gateway/lockdown.py) and the server "
                "options of gateway/tritonserver.py; arguments that would change those are refused.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
 
     add = functools.partial(_option, parser)
+    add(REPOSITORY_FLAG, str, "", "the model repository to serve (make_triton_image.sh assembles it, with its "
+        f"manifest {manifest.FILE_NAME}); the gateway passes it to tritonserver. Empty: tritonserver's own "
+        f"{manifest.REPOSITORY_OPTION} after --", note="; the image's Dockerfile sets it")
     add("--host", str, defaults.host, "address of the public ports")
     add("--http-port", int, defaults.http_port, "public HTTP port")
     add("--grpc-port", int, defaults.grpc_port, "public gRPC port")
@@ -144,7 +155,13 @@ def parse(argv: list[str] | None = None) -> Settings:
     if command and command[0] == "--":
         command = command[1:]
     if not command:
-        parser.error("give the tritonserver command after --, e.g. -- tritonserver --model-repository=/models")
+        parser.error(f"give the tritonserver command after --, e.g. {REPOSITORY_FLAG} DIR -- tritonserver")
+    if args.repository:
+        if manifest.repository_arguments(command):
+            parser.error(f"the model repository is given twice: {REPOSITORY_FLAG} {args.repository} "
+                         f"[{variable_of(REPOSITORY_FLAG)}] and tritonserver's {manifest.REPOSITORY_OPTION}; "
+                         "give it once")
+        command = manifest.with_repository(command, args.repository)
     for name in ("http_port", "grpc_port", "metrics_port"):
         if not 0 < getattr(args, name) < 65536:
             parser.error(f"--{name.replace('_', '-')}: not a port number: {getattr(args, name)}")

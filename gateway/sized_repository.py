@@ -1,9 +1,9 @@
 """The sized copy of the model repository that tritonserver serves (standard library only).
 
-The assembled repository (/models in the image) stays read-only: at start the gateway writes, into a directory of its
+The assembled repository stays read-only (in the image it is): at start the gateway writes, into a directory of its
 own under the temporary directory, one directory per model holding a config.pbtxt with the chosen sizes and a
 symbolic link to everything else (model.onnx, the tokenizer, model.py and their version directories), and points
-tritonserver's --model-repository at it. Directories left by earlier gateways that no longer run are removed first
+tritonserver at it. Directories left by earlier gateways that no longer run are removed first
 (only this user's, only those named for a process that is gone); this gateway's own is removed when it exits.
 """
 from __future__ import annotations
@@ -17,14 +17,13 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from .manifest import FILE_NAME as MANIFEST_FILE
+from .manifest import FILE_NAME as MANIFEST_FILE, repository_of, with_repository
 from .sizing import (BUSY_SESSIONS_MEMORY_SHARE, Sizes, SizingError, build_sizing, choose, describe_busy,
                      find_cpus, memory_limit, second_sessions_fit)
 
 log = logging.getLogger("tritoned.sizing")
 
 PREFIX = "tritoned_repository_"
-REPOSITORY_OPTION = "--model-repository"
 INSTANCES = re.compile(r"(instance_group \[ \{ count: )\d+(, kind: KIND_CPU \} \])")
 THREADS = re.compile(r'(key: "intra_op_thread_count" value: \{ string_value: ")\d*(" \})')
 BUSY_THREADS = re.compile(r'(key: "busy_intra_op_thread_count" value: \{ string_value: ")\d*(" \})')
@@ -127,23 +126,15 @@ def within_memory(sizes: Sizes, source: Path, limit: int | None) -> Sizes:
     return replace(sizes, busy_ort_threads=0)
 
 
-def _repository_argument(args: list[str]) -> tuple[int, Path] | None:
-    for index, arg in enumerate(args):
-        if arg.startswith(REPOSITORY_OPTION + "="):
-            return index, Path(arg.split("=", 1)[1])
-    return None
-
-
 def sized(tritonserver: list[str]) -> list[str]:
-    """The tritonserver command with --model-repository pointing at a sized copy, when the repository has a
+    """The tritonserver command serving a sized copy of its repository, when the repository has a
     manifest tritoned.json (make_triton_image.sh writes one, with the build's sizing); otherwise unchanged. Logs
     what it found and chose; SizingError when the manifest is malformed."""
-    found = _repository_argument(tritonserver)
+    source = repository_of(tritonserver)
     report = find_cpus()
-    if found is None or not (found[1] / MANIFEST_FILE).is_file():
+    if source is None or not (source / MANIFEST_FILE).is_file():
         log.info("%s; the repository has no %s: served as configured", report.describe(), MANIFEST_FILE)
         return tritonserver
-    index, source = found
     sizes, how = choose(report, build_sizing(source))
     sizes = within_memory(sizes, source, memory_limit())
     target = render(source, sizes)
@@ -151,4 +142,4 @@ def sized(tritonserver: list[str]) -> list[str]:
     log.info("%s: model_onnx %d instance(s) x %d ONNX Runtime thread(s), %d tokenizer instance(s), batch delay %d us, "
              "%s (sized repository: %s)", how, sizes.model_instances, sizes.ort_threads, sizes.preprocessing_instances,
              sizes.batch_delay_us, describe_busy(sizes), target)
-    return [*tritonserver[:index], f"{REPOSITORY_OPTION}={target}", *tritonserver[index + 1:]]
+    return with_repository(tritonserver, target)

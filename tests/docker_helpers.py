@@ -13,11 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from utils.check_wheelhouse import Target, download_arguments  # noqa: E402
 ENGINE_SCRIPT = ROOT / "docker" / "engine.sh"
 STANDIN_SCRIPT = ROOT / "docker" / "standin" / "build_standin.sh"
-# pip download --platform does not widen manylinux_2_X to older glibc here: list what the image's glibc runs.
-MANYLINUX_PLATFORMS = ("manylinux_2_36_x86_64", "manylinux_2_35_x86_64", "manylinux_2_28_x86_64",
-                       "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +75,23 @@ def image_python_version(image: str) -> str:
     return out.strip()
 
 
+def standin_python() -> Target:
+    """The stand-in's Python and newest manylinux platform, as docker/standin/build_standin.sh states them."""
+    result = subprocess.run([str(STANDIN_SCRIPT), "--print-python"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    python, platform = result.stdout.split()
+    return Target(python, platform)
+
+
 def download_wheelhouse(requirements: Path, dest: Path, python_version: str) -> Path:
-    """pip download the requirements' wheels for python_version on manylinux x86_64 into dest."""
-    platforms = [arg for platform in MANYLINUX_PLATFORMS for arg in ("--platform", platform)]
+    """pip download the requirements' wheels into dest for the stand-in, whose Python (`python_version`, read from
+    the image) must be the one build_standin.sh states: the command docs/image.md shows for it
+    (utils/check_wheelhouse.py makes it, and make_triton_image.sh --standin checks the wheels against it)."""
+    target = standin_python()
+    assert target.python == python_version, f"the stand-in runs Python {python_version}, its script says {target}"
     result = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "-d", str(dest), "--only-binary=:all:",
-         "--implementation", "cp", "--python-version", python_version, *platforms, "-r", str(requirements)],
+        [sys.executable, "-m", "pip", "download", "-q", "--implementation", "cp",
+         *download_arguments(target, requirements, dest)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, f"pip download failed:\n{result.stderr[-4000:]}"

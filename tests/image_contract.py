@@ -102,7 +102,8 @@ def _healthcheck(rest: str) -> Healthcheck:
 class Entrypoint:
     """What the image's entrypoint does with the server's options, from its own sources: the tritonserver options
     it sets or refuses (a chart must not pass them), and the longest it may take from SIGTERM to exit.
-    gateway/tritonserver.py defines the options, gateway/settings.py the drain and exit timeouts."""
+    gateway/tritonserver.py and gateway/manifest.py (the repository) define the options, gateway/settings.py the
+    drain and exit timeouts."""
 
     reserved_options: frozenset[str]
     shutdown_s: float
@@ -111,10 +112,11 @@ class Entrypoint:
     def read(cls, root: Path = ROOT) -> "Entrypoint":
         probe = (
             "import json, re\n"
-            "from gateway import settings, tritonserver\n"
+            "from gateway import manifest, settings, tritonserver\n"
             "s = settings.Settings(tritonserver=['tritonserver'])\n"
             "script = open('docker/serve_image.sh').read()\n"
-            "print(json.dumps({'options': [*tritonserver.OWNED_OPTIONS,"
+            # the repository: the image's (TRITONED_REPOSITORY), which the gateway refuses to get twice
+            "print(json.dumps({'options': [*tritonserver.OWNED_OPTIONS, *manifest.REPOSITORY_OPTIONS,"
             " *(o.split('=')[0] for o in tritonserver.SERVER_OPTIONS),"
             " *re.findall(r'tritonserver (--[a-z-]+)=', script)],"
             # after SIGTERM: the drain delay, the drain (requests in flight), then tritonserver's exit timeout

@@ -293,6 +293,38 @@ def test_large_requests_over_grpc(served: Served, size_mb: int) -> None:
     assert_still_serving(served)
 
 
+def test_internal_model_gets_the_client_body_limit(served: Served, tmp_path: Path) -> None:
+    """model_onnx's max_batch_size is the dynamic batcher's (INTERNAL_MAX_BATCH_SIZE, 64), not the clients' (4):
+    a body over the ensemble's limit is refused at that limit on model_onnx's URL too (HTTP 413, gRPC
+    RESOURCE_EXHAUSTED), the gRPC port takes no larger message, and a small request to model_onnx gets Triton's
+    answer (200 or a 4xx), never a crash."""
+    log = served.server.log_text()
+    assert f"model_onnx {LIMIT / MB:.1f} MiB" in log and f"{MODEL} {LIMIT / MB:.1f} MiB" in log, \
+        [line for line in log.splitlines() if "body limits" in line]
+    tokens = LIMIT // 2  # two INT64 tensors of this many values: in JSON ("1, " each) 1.5 times the client limit
+    body = tmp_path / "body"
+    body.write_bytes(json.dumps({"inputs": [{"name": name, "datatype": "INT64", "shape": [1, tokens],
+                                             "data": [1] * tokens} for name in ("input_ids", "attention_mask")]})
+                     .encode())
+    assert LIMIT < body.stat().st_size < 64 * LIMIT
+    status, answer = curl_post(served.server.http_url, "/v2/models/model_onnx/infer", body, "application/json")
+    assert status == 413 and "larger than" in error_of(answer), (status, answer[:300])
+    client = grpcclient.InferenceServerClient(served.server.grpc_url)
+    tokens = LIMIT // 8  # 8 bytes a value: twice the client limit in all
+    inputs = []
+    for name in ("input_ids", "attention_mask"):
+        inputs.append(grpcclient.InferInput(name, [1, tokens], "INT64"))
+        inputs[-1].set_data_from_numpy(np.ones((1, tokens), dtype=np.int64))
+    with pytest.raises(InferenceServerException) as raised:
+        client.infer("model_onnx", inputs)
+    assert raised.value.status() == "StatusCode.RESOURCE_EXHAUSTED", raised.value
+    small = {"inputs": [{"name": name, "datatype": "INT64", "shape": [1, 3], "data": [101, 7, 102]}
+                        for name in ("input_ids", "attention_mask")]}
+    status, answer = post(served.server.http_url, "/v2/models/model_onnx/infer", json.dumps(small).encode())
+    assert status == 200 or 400 <= status < 500, (status, answer[:300])
+    assert_still_serving(served)
+
+
 # --- many large requests at once: the gateway holds at most its budget of bodies (gateway/budget.py) ------------
 
 BUDGET = 64 * MB  # the gateway's default TRITONED_MAX_BYTES_IN_FLIGHT

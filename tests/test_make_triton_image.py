@@ -345,7 +345,7 @@ def test_the_manifest_states_the_single_label_models_facts(good: Artifacts, tmp_
     assert result.returncode == 0, result.stderr
     repository = tmp_path / "b" / "intents" / "context" / "model_repository"
     assert manifest(tmp_path / "b", "intents") == {
-        "format": 2, "ensemble": "intents", "inputs": ["text_input"], "outputs": ["label", "score", "probabilities"],
+        "format": 3, "ensemble": "intents", "functions": ["softmax", "sigmoid", "none"], "inputs": ["text_input"], "outputs": ["label", "score", "probabilities"],
         "string_outputs": ["label"], "max_batch_size": 8, "labels": [good.labels()[str(i)] for i in range(4)],
         "function_to_apply": "softmax", "pipeline_function": "softmax", "label_threshold": None,
         "max_sequence_length": int(re.search(r'max_sequence_length".*?string_value: "(\d+)"',

@@ -4,6 +4,7 @@ tritonserver's arguments. No server: the reader is plain file parsing."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,7 @@ def test_reads_the_sizes_the_build_fixed(tmp_path: Path) -> None:
 BROKEN = {
     "not_json": ("{", "is not valid JSON"),
     "a_list": ("[]", "not a JSON object"),
-    "old_format": (json.dumps({"format": 1}), "format 1 is not 2"),
+    "old_format": (json.dumps({"format": 1}), f"format 1 is not {manifest.FORMAT}"),
     "bad_function": (None, "'function_to_apply' is 'tanh'"),
     "labels_not_strings": (None, "'labels' must be a list of strings"),
     "batch_a_string": (None, "'max_batch_size' has the wrong type"),
@@ -102,6 +103,44 @@ def test_a_missing_manifest_names_the_file_and_the_fix(tmp_path: Path) -> None:
 ])
 def test_the_repository_is_found_in_tritonservers_arguments(command: list[str], expected: Path | None) -> None:
     assert manifest.repository_of(command) == expected
+
+
+def gateway_settings(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """`python -m gateway`'s settings as parsed (the tritonserver command), nothing started."""
+    probe = ("import json, sys; from gateway import settings; "
+             "print(json.dumps(settings.parse(sys.argv[1:]).tritonserver))")
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("TRITONED_")}
+    return subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**environment, **env})
+
+
+def test_the_gateway_passes_its_repository_to_tritonserver() -> None:
+    """--repository DIR (or TRITONED_REPOSITORY, which the image's Dockerfile sets) becomes tritonserver's repository
+    argument, which then is the one manifest.repository_of finds; tritonserver's own argument still works alone."""
+    for args, env in ((["--repository", "/r d"], {}), ([], {"TRITONED_REPOSITORY": "/r d"})):
+        result = gateway_settings(*args, "--", "tritonserver", "--log-verbose=1", **env)
+        assert result.returncode == 0, result.stderr
+        command = json.loads(result.stdout)
+        assert command[0] == "tritonserver" and "--log-verbose=1" in command, command
+        assert manifest.repository_of(command) == Path("/r d")
+    result = gateway_settings("--", "tritonserver", "--model-repository", "/own")
+    assert result.returncode == 0 and manifest.repository_of(json.loads(result.stdout)) == Path("/own")
+
+
+@pytest.mark.parametrize("given", [["--model-repository=/b"], ["--model-store", "/b"]])
+def test_a_repository_given_twice_is_refused(given: list[str]) -> None:
+    """docker run IMAGE --model-repository=/b (the image names its repository): refused with the fix, nothing run."""
+    result = gateway_settings("--", "tritonserver", *given, TRITONED_REPOSITORY="/models")
+    assert result.returncode == 2, result
+    assert "given twice" in result.stderr and "TRITONED_REPOSITORY" in result.stderr and "once" in result.stderr
+
+
+def test_the_healthcheck_without_a_repository_says_what_to_give() -> None:
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("TRITONED_")}
+    result = subprocess.run([sys.executable, "-m", "gateway.healthcheck", "--url", "127.0.0.1:1"], capture_output=True,
+                            text=True, timeout=60, cwd=ROOT, env=environment)
+    assert result.returncode == 2 and "--repository" in result.stderr and "TRITONED_REPOSITORY" in result.stderr, \
+        result.stderr
 
 
 def write_manifest(repository: Path, *options: str) -> subprocess.CompletedProcess:

@@ -385,6 +385,28 @@ def test_python_snippet_prints_decoded_labels_like_pytorch(served, module: str, 
 
 # ------------------------------------------------------------------------------------------ the image page
 
+def test_the_image_pages_wheelhouse_commands_are_the_ones_the_build_prints() -> None:
+    """Each pip download on docs/image.md is the command make_triton_image.sh prints for a wheelhouse that does not
+    fit its base (utils/check_wheelhouse.py), for the base that Python names: a row of make_triton_image.sh's one
+    table of the NGC bases (NGC_PYTHONS), or the stand-in (build_standin.sh --print-python). tests/docker_helpers.py
+    fills the container tests' wheelhouse with the same arguments, so those tests build as the page does."""
+    from docker_helpers import standin_python
+    from utils.check_wheelhouse import Target, download_arguments
+    table = re.search(r'^NGC_PYTHONS="([^"]*)"', (ROOT / "make_triton_image.sh").read_text(), re.M).group(1)
+    bases = {python: Target(python, platform) for _, python, platform in (row.split() for row in table.splitlines())}
+    standin = standin_python()
+    bases[standin.python] = standin
+    shown = [command for command in page_commands(ROOT / IMAGE) if command[0].endswith("pip")]
+    assert {command[command.index("--python-version") + 1] for command in shown} >= {"3.12", standin.python}, shown
+    for command in shown:
+        assert command[1] == "download", command
+        words = command[2:]
+        version, dest = words[words.index("--python-version") + 1], words[words.index("-d") + 1]
+        assert version in bases, f"{command}: no base of make_triton_image.sh runs Python {version}"
+        expected = download_arguments(bases[version], Path("requirements-serving.txt"), Path(dest))
+        assert [os.path.normpath(word) if word == dest else word for word in words] == expected, command
+
+
 def wheel_fits(filename: str, version: str) -> bool:
     """Whether a wheel installs on CPython `version` (major.minor), by its Python and ABI tags."""
     python_tags, abi_tags = (part.split(".") for part in filename[:-len(".whl")].split("-")[-3:-1])

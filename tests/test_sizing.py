@@ -269,7 +269,7 @@ def test_hostile_sizing_in_the_manifest(tmp_path: Path, content: object, expecte
 def test_an_old_manifest_without_sizing_is_refused(tmp_path: Path) -> None:
     old = json.loads(build_file(tmp_path).read_text())
     del old["sizing"]
-    for data, expected in (({**old, "format": 1}, "format 1 is not 2"), (old, "member 'sizing' is missing")):
+    for data, expected in (({**old, "format": 1}, f"format 1 is not {manifest.FORMAT}"), (old, "member 'sizing' is missing")):
         write(tmp_path / manifest.FILE_NAME, json.dumps(data))
         with pytest.raises(sizing.SizingError, match="make_triton_image.sh") as raised:
             sizing.build_sizing(tmp_path)

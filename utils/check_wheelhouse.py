@@ -55,11 +55,15 @@ def pinned(requirements: Path) -> list[tuple[str, str, str]]:
     return found
 
 
-def download_command(target: Target, requirements: Path, wheelhouse: Path) -> str:
+def download_arguments(target: Target, requirements: Path, wheelhouse: Path) -> list[str]:
+    """The arguments of `pip download` that fill `wheelhouse` for the base (what docs/image.md shows)."""
     platforms = [target.platform, *(p for p in DOWNLOAD_PLATFORMS if p != target.platform)]
-    words = ["pip", "download", "-r", str(requirements), "-d", str(wheelhouse), "--only-binary=:all:",
-             "--python-version", target.python, *(word for p in platforms for word in ("--platform", p))]
-    return shlex.join(words)
+    return ["-r", str(requirements), "-d", str(wheelhouse), "--only-binary=:all:", "--python-version", target.python,
+            *(word for p in platforms for word in ("--platform", p))]
+
+
+def download_command(target: Target, requirements: Path, wheelhouse: Path) -> str:
+    return shlex.join(["pip", "download", *download_arguments(target, requirements, wheelhouse)])
 
 
 def problems(wheelhouse: Path, target: Target, requirements: Path) -> list[str]:
@@ -76,6 +80,8 @@ def problems(wheelhouse: Path, target: Target, requirements: Path) -> list[str]:
             fitting.add((name, str(version)))
         else:
             foreign.append(f"{wheel.name} ({', '.join(sorted({tag.interpreter for tag in tags}))})")
+    if not fitting and not foreign:
+        return ["it holds no .whl files"]
     found = []
     if foreign:
         found.append(f"{len(foreign)} wheel(s) cannot install there: {'; '.join(foreign[:6])}"

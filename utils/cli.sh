@@ -20,6 +20,14 @@ fail() { echo "${0##*/}: $*" >&2; exit 1; }
 # need_value "$@" (inside an option loop): the option $1 must be followed by a non-empty value.
 need_value() { [[ $# -ge 2 && -n "$2" ]] || die "option $1 needs a value (see --help)"; }
 
+# Where the scripts write everything they generate (the ignored build/ of this checkout; TRITONED_BUILD_DIR moves it),
+# and the Python they run the project's tools with (.venv's, made by ./setup_venv.sh; TRITONED_PYTHON overrides it).
+CLI_CHECKOUT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# shellcheck disable=SC2034  # used by the scripts that source this file
+BUILD_ROOT="${TRITONED_BUILD_DIR:-$CLI_CHECKOUT/build}"
+# shellcheck disable=SC2034  # used by the scripts that source this file
+PROJECT_PYTHON="${TRITONED_PYTHON:-$CLI_CHECKOUT/.venv/bin/python}"
+
 # The label make_triton_image.sh puts on every image it builds: its value is the build directory (TRITONED_BUILD_DIR
 # or build/), whose images ./cleanup.sh lists and, with --images, removes.
 # shellcheck disable=SC2034  # used by the scripts that source this file

@@ -3,7 +3,7 @@
 
 make_triton_image.sh calls this once the repository is rendered. The manifest is where the run-time side (the
 gateway, the health check, serve_local.sh) reads the model's facts from, instead of grepping config.pbtxt or
-asking Triton: the ensemble's name, its inputs and outputs, max_batch_size, the label names, the functions, the
+asking Triton: the ensemble's name, the output functions post_processing applies, its inputs and outputs, max_batch_size, the label names, the functions, the
 multi-label threshold, the longest tokenized text, the Triton release the image is built for, and `sizing`: which
 sizes the build fixed (the others are "auto": the gateway chooses them at start from the CPUs it may use) and
 whether model_onnx may batch requests together. Read it with gateway/manifest.py (which checks what is written here
@@ -38,6 +38,7 @@ def manifest(ensemble: str, labels: list[str], max_batch_size: int, function: st
     return {
         "format": FORMAT,
         "ensemble": ensemble,
+        "functions": list(FUNCTIONS),
         "inputs": ["text_input"] + (["text_pair"] if text_pair else []),
         "outputs": ["label", "score", "probabilities"] + string_outputs[1:],
         "string_outputs": string_outputs,

@@ -58,7 +58,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- fail (printf "terminationGracePeriodSeconds (%v) must exceed lifecycle.preStopSleepSeconds + server.shutdownSeconds (%v): raise it, or in-flight requests are cut off by SIGKILL" .Values.terminationGracePeriodSeconds $needed) }}
 {{- end }}
 {{- /* What serve_image.sh sets itself (docker run IMAGE --help); tests/test_helm_chart.py keeps the two equal. */}}
-{{- $reserved := list "--model-repository" "--disable-auto-complete-config" "--strict-readiness" "--exit-on-error" "--model-control-mode" "--load-model" "--http-restricted-api" "--grpc-restricted-protocol" "--allow-http" "--allow-grpc" "--http-address" "--http-port" "--grpc-address" "--grpc-port" "--metrics-address" "--metrics-port" }}
+{{- $reserved := list "--model-repository" "--model-store" "--disable-auto-complete-config" "--strict-readiness" "--exit-on-error" "--model-control-mode" "--load-model" "--http-restricted-api" "--grpc-restricted-protocol" "--allow-http" "--allow-grpc" "--http-address" "--http-port" "--grpc-address" "--grpc-port" "--metrics-address" "--metrics-port" }}
 {{- range .Values.server.extraArgs }}
 {{- $option := regexReplaceAll "=.*$" . "" }}
 {{- if has $option $reserved }}
