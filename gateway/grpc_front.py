@@ -43,7 +43,8 @@ class GrpcFront:
         """The public server; call in the event loop that will run it (grpc.aio binds to it)."""
         self.channel = grpc.aio.insecure_channel(
             self.upstream, options=[("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)])
-        self.reads = asyncio.Semaphore(max(1, self.budget.capacity // max_message_bytes))
+        # Half the budget for messages being received (not yet counted by the budget; each is copied again downstream).
+        self.reads = asyncio.Semaphore(max(1, self.budget.capacity // (2 * max_message_bytes)))
         # No BDP probing: a stream's flow-control window stays 64 KiB, so a request whose handler does not read it
         # yet stays at the client; SO_REUSEPORT: the gateway's workers share the port.
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
