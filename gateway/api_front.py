@@ -85,11 +85,7 @@ class ApiFront:
                                 f"'{facts.ensemble}' (POST /models/{facts.ensemble} or POST /)")
         front = self.front
         limit = front.catalog.body_limit(facts.ensemble)
-        if request.content_length is not None and request.content_length > limit:
-            raise checks.too_large("the request body", limit)  # at once, not after a wait for the budget
-        compressed = request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity")
-        size = limit if request.content_length is None or compressed else request.content_length
-        async with front.budget.hold(size, front.limits.request_timeout_s):
+        async with front.admit(request, limit):
             body = await front.read_body(request, limit)
             job, extra = build(checks.parse_json(body, front.limits.max_json_depth), facts)
             rows = await self._classify(job, facts)

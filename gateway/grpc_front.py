@@ -12,11 +12,8 @@ import grpc
 from tritonclient.grpc import service_pb2
 
 from . import checks, grpc_wire
-from .budget import BodyBudget
-from .catalog import Catalog
 from .checks import Rejected
-from .health import Health
-from .settings import Limits
+from .front_state import Front, FrontState
 
 log = logging.getLogger("tritoned.grpc")
 SERVICE = "inference.GRPCInferenceService"
@@ -28,13 +25,9 @@ def _forwarded_metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, A
                  if not m.key.startswith(("grpc-", ":")) and m.key not in ("user-agent", "content-type", "te"))
 
 
-class GrpcFront:
-    def __init__(self, upstream_port: int, limits: Limits, health: Health, budget: BodyBudget) -> None:
-        self.limits = limits
-        self.health = health
-        self.budget = budget
-        self.catalog = Catalog(models={}, limits=limits)
-        self.supervisor = None  # set by the app
+class GrpcFront(Front):
+    def __init__(self, upstream_port: int, state: FrontState) -> None:
+        super().__init__(state)
         self.upstream = f"127.0.0.1:{upstream_port}"
         self.channel: grpc.aio.Channel | None = None
         self.reads: asyncio.Semaphore | None = None  # ModelInfer messages being received at once (see _infer)

@@ -7,17 +7,15 @@ import asyncio
 import json
 import logging
 import re
+from typing import AsyncContextManager
 
 import aiohttp
 from aiohttp import web
 
 from . import checks, lockdown, manifest, v2_schema
 from .api_front import ApiFront
-from .budget import BodyBudget
-from .catalog import Catalog
 from .checks import Rejected
-from .health import Health
-from .settings import Limits
+from .front_state import Front, FrontState
 from .upstream import InferPool, UpstreamClosed
 
 log = logging.getLogger("tritoned.http")
@@ -41,15 +39,11 @@ def error(status: int, message: str, close: bool = False) -> web.Response:
     return response
 
 
-class HttpFront:
-    def __init__(self, upstream_port: int, limits: Limits, health: Health, budget: BodyBudget) -> None:
+class HttpFront(Front):
+    def __init__(self, upstream_port: int, state: FrontState) -> None:
+        super().__init__(state)
         self.upstream = f"http://127.0.0.1:{upstream_port}"
         self.infer_pool = InferPool(upstream_port)  # inference requests: the lean path (upstream.InferPool)
-        self.limits = limits
-        self.health = health
-        self.budget = budget
-        self.catalog = Catalog(models={}, limits=limits)
-        self.supervisor = None  # set by the app once the supervisor exists
         self.session: aiohttp.ClientSession | None = None
         self.in_flight = 0  # requests being handled: the drain waits for them
         self.apis = ApiFront(self, UPSTREAM_CONNECTIONS)  # the HF inference JSON and TEI routes
@@ -154,13 +148,19 @@ class HttpFront:
 
     # ---------------------------------------------------------------------------------------------- forwarding
 
-    async def _inference(self, request: web.Request, path: str, model_name: str, kind: str) -> web.StreamResponse:
-        limit = self.catalog.body_limit(model_name)
+    def admit(self, request: web.Request, limit: int) -> AsyncContextManager[None]:
+        """The body budget's hold for `request`'s body of at most `limit` bytes (a body of unknown or compressed size
+        holds the whole limit); Rejected (413) at once when its Content-Length is over the limit, not after a wait
+        for the budget."""
         if request.content_length is not None and request.content_length > limit:
-            raise checks.too_large("the request body", limit)  # at once, not after a wait for the budget
+            raise checks.too_large("the request body", limit)
         compressed = request.headers.get("Content-Encoding", "").strip().lower() not in ("", "identity")
         size = limit if request.content_length is None or compressed else request.content_length
-        async with self.budget.hold(size, self.limits.request_timeout_s):
+        return self.budget.hold(size, self.limits.request_timeout_s)
+
+    async def _inference(self, request: web.Request, path: str, model_name: str, kind: str) -> web.StreamResponse:
+        limit = self.catalog.body_limit(model_name)
+        async with self.admit(request, limit):
             return await self._checked_inference(request, path, model_name, kind, limit)
 
     async def _checked_inference(self, request: web.Request, path: str, model_name: str, kind: str,

@@ -45,6 +45,8 @@ class WorkerServer:
     def __init__(self, index: int, control: int, events: int, http_socket: socket.socket,
                  hello: dict[str, Any]) -> None:
         from .budget import BodyBudget
+        from .catalog import Catalog
+        from .front_state import FrontState
         from .grpc_front import GrpcFront
         from .health import Health
         from .http_front import HttpFront
@@ -57,11 +59,12 @@ class WorkerServer:
         self.settings = Settings.from_json(hello["settings"])
         self.health = Health()
         self.generation = 0
-        budget = BodyBudget(int(hello["capacity"]), small=self.settings.limits.body_overhead_bytes)
-        self.http = HttpFront(int(hello["upstream"]["http"]), self.settings.limits, self.health, budget)
+        limits = self.settings.limits
+        budget = BodyBudget(int(hello["capacity"]), small=limits.body_overhead_bytes)
+        self.fronts = FrontState(limits, self.health, budget, Catalog(models={}, limits=limits), supervisor=self)
+        self.http = HttpFront(int(hello["upstream"]["http"]), self.fronts)
         self.http.find_repository(self.settings.tritonserver)  # tritoned.json, for the HF and TEI APIs
-        self.grpc = GrpcFront(int(hello["upstream"]["grpc"]), self.settings.limits, self.health, budget)
-        self.http.supervisor = self.grpc.supervisor = self
+        self.grpc = GrpcFront(int(hello["upstream"]["grpc"]), self.fronts)
         self.grpc_server: Any = None
         self.done: asyncio.Future[float | None] | None = None  # drain timeout, or None: the main process is gone
 
@@ -86,7 +89,7 @@ class WorkerServer:
             self.health.mirror(Phase[state["phase"]], state["reason"])
         elif "catalog" in message:
             catalog = catalog_from_wire(message["catalog"], self.settings.limits)
-            self.http.catalog = self.grpc.catalog = catalog
+            self.fronts.catalog = catalog
             if self.grpc_server is None:
                 self.grpc_server = asyncio.ensure_future(self._start_grpc(catalog))
         elif "drain" in message and self.done is not None and not self.done.done():
