@@ -137,13 +137,13 @@ def instance_index(instance_name: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def session_options(config: dict[str, Any], threads_key: str, spinning: int) -> ort.SessionOptions:
+def session_options(config: dict[str, Any], threads_key: str) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = int_parameter(config, threads_key, 0)
     options.inter_op_num_threads = int_parameter(config, "inter_op_thread_count", 0)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", str(int_parameter(
-        config, "intra_op_allow_spinning", spinning)))
+        config, "intra_op_allow_spinning", 0)))
     return options
 
 
@@ -176,13 +176,13 @@ class TritonPythonModel:
         # need (measured: a lone text's p50 10 -> 17 ms on 2 CPUs with the wide session spinning).
         busy_threads = int_parameter(config, "busy_intra_op_thread_count", 0)
         two_sessions = 0 < busy_threads < int_parameter(config, "intra_op_thread_count", 0)
-        self.session = ort.InferenceSession(path, session_options(config, "intra_op_thread_count", 0),
+        self.session = ort.InferenceSession(path, session_options(config, "intra_op_thread_count"),
                                             providers=["CPUExecutionProvider"])
         check_io(self.session, config, path)
         self.busy_session = None  # None: self.session always
         self.board = None
         if two_sessions:
-            self.busy_session = ort.InferenceSession(path, session_options(config, "busy_intra_op_thread_count", 0),
+            self.busy_session = ort.InferenceSession(path, session_options(config, "busy_intra_op_thread_count"),
                                                      providers=["CPUExecutionProvider"])
             self.board = BusyBoard(args["model_repository"], args.get("model_instance_name", ""))
         self.input_names = [i["name"] for i in config["input"]]
