@@ -73,6 +73,9 @@ $(python_table_help)
                                                                             (default: auto)
   --batch-delay-us N       how long the dynamic batchers wait for more requests to join a batch
                                                                             (default: auto)
+  --busy-ort-threads N     threads of each instance's second ONNX Runtime session, the one it runs while
+                           another instance is busy; 0 = no second session (one copy of the weights
+                           per instance)                                    (default: auto)
                            auto: sized when the server starts, from the CPUs it may use (cgroup
                            CPU quota, CPU affinity; docs/sizing.md): a lone text runs on every
                            core, and under load the model's requests of any lengths are batched
@@ -105,6 +108,7 @@ PIPELINE_FUNCTION=""  # set by export_head_settings: the pipeline's own function
 MULTI_LABEL=0         # set by export_head_settings: 1 for sigmoid over 2+ labels (the output labels)
 # Sizing options: a number, or auto (sized at start by gateway/sizing.py; see export_sizing).
 SIZE_PREPROCESSING_INSTANCES=auto SIZE_MODEL_INSTANCES=auto SIZE_ORT_THREADS=auto SIZE_BATCH_DELAY_US=auto
+SIZE_BUSY_ORT_THREADS=auto
 export MODEL_METRICS=true  # --no-model-metrics: false
 
 parse_args() {
@@ -123,6 +127,7 @@ parse_args() {
       --model-instances) need_value "$@"; SIZE_MODEL_INSTANCES="$2"; shift ;;
       --ort-threads) need_value "$@"; SIZE_ORT_THREADS="$2"; shift ;;
       --batch-delay-us) need_value "$@"; SIZE_BATCH_DELAY_US="$2"; shift ;;
+      --busy-ort-threads) need_value "$@"; SIZE_BUSY_ORT_THREADS="$2"; shift ;;
       --no-model-metrics) MODEL_METRICS=false ;;
       --) shift; POSITIONAL+=("$@"); break ;;
       -*) die "unknown option: $1 (see --help)" ;;
@@ -321,7 +326,8 @@ write_manifest() {
     --max-batch-size "$MAX_BATCH_SIZE" --function "$FUNCTION_TO_APPLY" --pipeline-function "$PIPELINE_FUNCTION" \
     --max-sequence-length "$MAX_SEQUENCE_LENGTH" --preprocessing-instances "$SIZE_PREPROCESSING_INSTANCES" \
     --model-instances "$SIZE_MODEL_INSTANCES" --ort-threads "$SIZE_ORT_THREADS" \
-    --batch-delay-us "$SIZE_BATCH_DELAY_US" "${args[@]}" || fail "could not write the manifest tritoned.json"
+    --batch-delay-us "$SIZE_BATCH_DELAY_US" --busy-ort-threads "$SIZE_BUSY_ORT_THREADS" "${args[@]}" \
+    || fail "could not write the manifest tritoned.json"
 }
 
 docker_build() {
@@ -434,6 +440,7 @@ main() {
   check_size --model-instances "$SIZE_MODEL_INSTANCES" 1
   check_size --ort-threads "$SIZE_ORT_THREADS" 0
   check_size --batch-delay-us "$SIZE_BATCH_DELAY_US" 0
+  check_size --busy-ort-threads "$SIZE_BUSY_ORT_THREADS" 0
   check_function "$FUNCTION"
   check_threshold "$THRESHOLD"
   local python

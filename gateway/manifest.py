@@ -23,7 +23,8 @@ FIX = "rebuild the repository with ./make_triton_image.sh (it writes the manifes
 
 AUTO = "auto"
 # The sizes the build may fix (make_triton_image.sh --preprocessing-instances, ...) and the least each may be.
-SIZE_MINIMUMS = {"preprocessing_instances": 1, "model_instances": 1, "ort_threads": 0, "batch_delay_us": 0}
+SIZE_MINIMUMS = {"preprocessing_instances": 1, "model_instances": 1, "ort_threads": 0, "batch_delay_us": 0,
+                 "busy_ort_threads": 0}
 
 
 class ManifestError(ValueError):
@@ -37,6 +38,7 @@ class BuildSizing:
     ort_threads: int | None = None
     preprocessing_instances: int | None = None
     batch_delay_us: int | None = None
+    busy_ort_threads: int | None = None
     model_batching: bool = True
 
     def explicit(self) -> dict[str, int]:

@@ -135,8 +135,10 @@ def sized(tritonserver: list[str]) -> list[str]:
     if source is None or not (source / MANIFEST_FILE).is_file():
         log.info("%s; the repository has no %s: served as configured", report.describe(), MANIFEST_FILE)
         return tritonserver
-    sizes, how = choose(report, build_sizing(source))
-    sizes = within_memory(sizes, source, memory_limit())
+    build = build_sizing(source)
+    sizes, how = choose(report, build)
+    if build.busy_ort_threads is None or report.override is not None:  # chosen here, not fixed by the build
+        sizes = within_memory(sizes, source, memory_limit())
     target = render(source, sizes)
     log.info("%s", report.describe())
     log.info("%s: model_onnx %d instance(s) x %d ONNX Runtime thread(s), %d tokenizer instance(s), batch delay %d us, "

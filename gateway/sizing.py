@@ -295,8 +295,9 @@ def choose(report: CpuReport, build: BuildSizing) -> tuple[Sizes, str]:
         return auto, f"sized for {report.cpus} CPU(s) ({CPUS_ENV} overrides the build's options)"
     explicit = build.explicit()
     sizes = Sizes(**{**asdict(auto), **explicit})
-    busy = busy_threads(report.cpus, sizes.model_instances, sizes.ort_threads) if build.model_batching else 0
-    sizes = replace(sizes, busy_ort_threads=busy)
+    if "busy_ort_threads" not in explicit:
+        busy = busy_threads(report.cpus, sizes.model_instances, sizes.ort_threads) if build.model_batching else 0
+        sizes = replace(sizes, busy_ort_threads=busy)
     how = f"sized for {report.cpus} CPU(s)"
     if explicit:
         how += "; fixed at build time: " + ", ".join(f"{k}={v}" for k, v in explicit.items())

@@ -189,6 +189,7 @@ def test_model_swapped_after_the_parity_check(broken: Artifacts, tmp_path: Path)
     (["--model-instances", "0"], "--model-instances must be an integer >= 1"),
     (["--ort-threads", "automatic"], "--ort-threads must be an integer >= 0"),
     (["--batch-delay-us", "-5"], "--batch-delay-us must be an integer >= 0"),
+    (["--busy-ort-threads", "one"], "--busy-ort-threads must be an integer >= 0"),
     (["--wheelhouse", "/nonexistent"], "holds no .whl files"),
     (["--no-model-metrics=yes"], "unknown option: --no-model-metrics=yes"),  # a switch: takes no value
 ])
@@ -255,11 +256,13 @@ def test_sizing_options_default_to_auto_and_numbers_are_kept(good: Artifacts, tm
     gateway/sizing.py); model_onnx batches requests of any lengths, up to more texts than one client request holds."""
     from gateway.sizing import build_sizing
 
-    result = make_image(good, tmp_path / "b", "--no-build", "--ort-threads", "3", "--batch-delay-us", "0100")
+    result = make_image(good, tmp_path / "b", "--no-build", "--ort-threads", "3", "--batch-delay-us", "0100",
+                        "--busy-ort-threads", "0")
     assert result.returncode == 0, result.stderr
     repo = tmp_path / "b" / "ensemble_model" / "context" / "model_repository"
     build = build_sizing(repo)
-    assert build.explicit() == {"ort_threads": 3, "batch_delay_us": 100} and build.model_batching
+    assert build.explicit() == {"ort_threads": 3, "batch_delay_us": 100, "busy_ort_threads": 0}
+    assert build.model_batching
     onnx = (repo / "model_onnx" / "config.pbtxt").read_text()
     assert 'string_value: "3"' in onnx and "max_queue_delay_microseconds: 100" in onnx
     assert re.search(r"max_batch_size: 64\b", onnx) and onnx.count("allow_ragged_batch: true") >= 2
@@ -351,7 +354,8 @@ def test_the_manifest_states_the_single_label_models_facts(good: Artifacts, tmp_
         "max_sequence_length": int(re.search(r'max_sequence_length".*?string_value: "(\d+)"',
                                              (repository / "text_preprocessing" / "config.pbtxt").read_text())[1]),
         "triton_release": "26.07", "sizing": {"preprocessing_instances": "auto", "model_instances": "auto",
-                                              "ort_threads": "auto", "batch_delay_us": "auto", "model_batching": True}}
+                                              "ort_threads": "auto", "batch_delay_us": "auto",
+                                              "busy_ort_threads": "auto", "model_batching": True}}
     assert [path.name for path in repository.iterdir() if path.is_file()] == ["tritoned.json"]
 
 

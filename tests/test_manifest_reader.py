@@ -155,6 +155,7 @@ def write_manifest(repository: Path, *options: str) -> subprocess.CompletedProce
     ("--model-instances", "0", 'must be "auto" or an integer >= 1, got 0'),
     ("--ort-threads", "many", 'must be "auto" or an integer >= 0, got many'),
     ("--batch-delay-us", "-5", 'must be "auto" or an integer >= 0, got -5'),
+    ("--busy-ort-threads", "-1", 'must be "auto" or an integer >= 0, got -1'),
 ])
 def test_the_writer_refuses_a_bad_size(option: str, value: str, expected: str, tmp_path: Path) -> None:
     """utils/write_manifest.py (make_triton_image.sh checks its options first) writes nothing for a bad size."""

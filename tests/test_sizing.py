@@ -244,6 +244,11 @@ def test_build_options_win_over_auto_and_the_override_over_both(tmp_path: Path) 
     assert (sizes.model_instances, sizes.ort_threads, sizes.busy_ort_threads) == (3, 4, 1)
     build_file(tmp_path, model_instances=1, ort_threads=4)  # one instance: never another busy one
     assert sizing.choose(cpus, sizing.build_sizing(tmp_path))[0].busy_ort_threads == 0
+    build_file(tmp_path, busy_ort_threads=0)  # make_triton_image.sh --busy-ort-threads 0: no second session
+    two = sizing.CpuReport((sizing.Finding("test", 2.0, "2"),))
+    assert sizing.choose(two, sizing.build_sizing(tmp_path))[0].busy_ort_threads == 0
+    assert sizing.choose(sizing.CpuReport(two.findings, override=2), sizing.build_sizing(tmp_path))[0] \
+        .busy_ort_threads == 1  # TRITONED_CPUS: everything chosen for the CPUs again
 
 
 @pytest.mark.parametrize("content, expected", [
@@ -252,6 +257,7 @@ def test_build_options_win_over_auto_and_the_override_over_both(tmp_path: Path) 
     ({"ort_threads": "many"}, "sizing.ort_threads must be \"auto\" or an integer >= 0, got 'many'"),
     ({"model_instances": True}, "sizing.model_instances must be"), ({"batch_delay_us": -1}, "sizing.batch_delay_us"),
     ({"model_batching": "yes"}, "sizing.model_batching must be true or false, got 'yes'"),
+    ({"busy_ort_threads": -2}, "sizing.busy_ort_threads must be"),
     ({"model_instance": 2}, "sizing has unknown member(s) model_instance"),
 ])
 def test_hostile_sizing_in_the_manifest(tmp_path: Path, content: object, expected: str) -> None:
