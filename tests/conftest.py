@@ -97,6 +97,74 @@ def make_image(artifacts: Artifacts, build_dir: Path, *extra: str, env: dict[str
                     **(env or {})})
 
 
+# ------------------------------------------------------------------ the stand-in image, built once per session
+
+IMAGE_MODEL_NAME = "ensemble_model"
+# Set in make_triton_image.sh's environment when the image is built: neither may end up anywhere in the image.
+SECRET_VARIABLES = ("HF_TOKEN", "CLEARML_API_SECRET_KEY", "CLEARML_API_ACCESS_KEY")
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A Docker engine that answers (started with docker/engine.sh when none does, stopped at the end); where
+    none can run, every test that needs it is skipped with the reason."""
+    from docker_helpers import Engine, EngineUnavailable
+
+    try:
+        started = Engine.ensure()
+    except EngineUnavailable as error:
+        pytest.skip(f"no Docker engine can run here, container test not run: {error}")
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def standin_image(docker_engine) -> str:
+    """The stand-in Triton base image's name (docker/standin/, cached by a hash of its inputs)."""
+    from docker_helpers import build_standin
+
+    return build_standin()
+
+
+@pytest.fixture(scope="session")
+def serving_wheelhouse(standin_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """requirements-serving.txt's wheels for the stand-in's Python (make_triton_image.sh --wheelhouse)."""
+    from docker_helpers import download_wheelhouse, image_python_version
+
+    return download_wheelhouse(ROOT / "requirements-serving.txt", tmp_path_factory.mktemp("wheels"),
+                               image_python_version(standin_image))
+
+
+@pytest.fixture(scope="session")
+def image_secrets() -> dict[str, str]:
+    """SECRET_VARIABLES' values in the build environment of classifier_image."""
+    import uuid
+
+    return {name: f"tritoned-secret-{name.lower()}-{uuid.uuid4().hex}" for name in SECRET_VARIABLES}
+
+
+@pytest.fixture(scope="session")
+def classifier_image(standin_image: str, serving_wheelhouse: Path, tiny_artifacts, image_secrets: dict[str, str],
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Artifacts, Path]]:
+    """(image, artifacts, assembled repository): the tiny BERT built by make_triton_image.sh --standin --wheelhouse
+    DIR with image_secrets in its environment; one build for every module that runs it (test_container,
+    test_container_sizing, test_helm_pod), removed at the end of the session."""
+    import uuid
+
+    from docker_helpers import docker
+
+    artifacts = tiny_artifacts("bert")
+    work = tmp_path_factory.mktemp("container")
+    tag = f"containertest-{uuid.uuid4().hex[:10]}"
+    result = make_image(artifacts, work / "build", "--standin", "--wheelhouse", str(serving_wheelhouse),
+                        IMAGE_MODEL_NAME, tag, env=image_secrets)
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert f"from {standin_image}" in result.stderr, "--standin did not build on the stand-in base"
+    image = f"{IMAGE_MODEL_NAME}:{tag}"
+    yield image, artifacts, work / "build" / IMAGE_MODEL_NAME / "context" / "model_repository"
+    docker("rmi", "-f", image, check=False)
+
+
 def http(address: str, method: str, path: str, body: dict | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, str]:
     """(status, body text) of one HTTP request to address (host:port); an error status is returned, not raised."""
