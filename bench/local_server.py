@@ -270,6 +270,18 @@ class LocalServer:
     def rss_bytes(self) -> int:
         return sum(rss for _, _, rss in self.server_processes())
 
+    def ctrl_c(self) -> bool:
+        """SIGINT to the whole process group if it is running, without waiting; whether it was sent (stop(send=False)
+        waits for the stop later)."""
+        if not self.alive():
+            return False
+        assert self.process is not None
+        try:
+            os.killpg(self.process.pid, signal.SIGINT)
+        except ProcessLookupError:
+            return False
+        return True
+
     def interrupt(self, timeout: float = STOP_TIMEOUT_S, send: bool = True) -> int:
         """Ctrl-C: SIGINT to the whole process group, as a terminal sends it; returns serve_local.sh's exit
         status (subprocess.TimeoutExpired when it takes longer than `timeout`). Whatever is left is killed.
@@ -317,14 +329,7 @@ def stop_all(servers: Sequence[LocalServer]) -> None:
     """Stop several servers side by side: Ctrl-C to every one first, then wait for each (each stop drains and
     unloads for a few seconds; one after another they would add up). One Ctrl-C each: a second one, sent while
     the first is handled, would kill tritonserver instead of stopping it."""
-    interrupted: set[int] = set()  # id() of each server sent its Ctrl-C here
-    for server in servers:
-        if server.alive():
-            try:
-                os.killpg(server.process.pid, signal.SIGINT)
-                interrupted.add(id(server))
-            except ProcessLookupError:
-                pass
+    interrupted = {id(server) for server in servers if server.ctrl_c()}
     for server in servers:
         server.stop(send=id(server) not in interrupted)
 

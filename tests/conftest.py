@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_triton import LocalTriton, stop_all  # noqa: E402
+from local_triton import LocalTriton  # noqa: E402
 from tiny_models import BUILDERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -202,9 +202,19 @@ def build_serve_and_ask(out_dir: Path, start: Callable[..., LocalTriton], build_
     return labels, np.stack(rows)
 
 
+@pytest.fixture(scope="session")
+def stopping() -> Iterator[list[LocalTriton]]:
+    """Servers sent their Ctrl-C at the end of their module, waited for (and whatever is left killed) at the end of
+    the session: a stop drains and unloads for ~6 s, mostly waiting, and the next modules run meanwhile."""
+    servers: list[LocalTriton] = []
+    yield servers
+    for server in servers:
+        server.stop(send=False)
+
+
 @pytest.fixture(scope="module")
-def serve() -> Iterator[Callable[..., LocalTriton]]:
-    """serve(repository, log, build_dir) -> a started LocalTriton, stopped at module end."""
+def serve(stopping: list[LocalTriton]) -> Iterator[Callable[..., LocalTriton]]:
+    """serve(repository, log, build_dir) -> a started LocalTriton, sent its Ctrl-C at module end (stopping)."""
     servers: list[LocalTriton] = []
 
     def start(repository: Path, log: Path, build_dir: Path, extra_args: list[str] | None = None) -> LocalTriton:
@@ -215,7 +225,9 @@ def serve() -> Iterator[Callable[..., LocalTriton]]:
         return server.start()
 
     yield start
-    stop_all(servers)
+    for server in servers:
+        server.ctrl_c()
+    stopping.extend(servers)
 
 
 def bytes_input(module, name: str, values: list) -> object:
