@@ -212,15 +212,20 @@ def stopping() -> Iterator[list[LocalTriton]]:
         server.stop(send=False)
 
 
+def local_server(repository: Path, log: Path, build_dir: Path, extra_args: list[str] | None = None) -> LocalTriton:
+    """A LocalTriton of `repository` (not started) whose serve_local.sh writes to build_dir."""
+    env = {"TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": sys.executable,
+           "PATH": os.environ.get("PATH", "")}
+    return LocalTriton(repository=repository, log=log, extra_args=extra_args or [], env=env)
+
+
 @pytest.fixture(scope="module")
 def serve(stopping: list[LocalTriton]) -> Iterator[Callable[..., LocalTriton]]:
     """serve(repository, log, build_dir) -> a started LocalTriton, sent its Ctrl-C at module end (stopping)."""
     servers: list[LocalTriton] = []
 
     def start(repository: Path, log: Path, build_dir: Path, extra_args: list[str] | None = None) -> LocalTriton:
-        env = {"TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": sys.executable,
-               "PATH": os.environ.get("PATH", "")}
-        server = LocalTriton(repository=repository, log=log, extra_args=extra_args or [], env=env)
+        server = local_server(repository, log, build_dir, extra_args)
         servers.append(server)
         return server.start()
 
@@ -228,6 +233,34 @@ def serve(stopping: list[LocalTriton]) -> Iterator[Callable[..., LocalTriton]]:
     for server in servers:
         server.ctrl_c()
     stopping.extend(servers)
+
+
+@dataclass(frozen=True)
+class SharedServer:
+    """A server several modules send requests to (and nothing else: none restarts, kills or reconfigures it)."""
+
+    server: LocalTriton
+    artifacts: Artifacts
+    repository: Path
+
+
+@pytest.fixture(scope="session")
+def default_bert(tiny_artifacts, tmp_path_factory: pytest.TempPathFactory,
+                 stopping: list[LocalTriton]) -> Iterator[SharedServer]:
+    """The tiny BERT assembled by make_triton_image.sh --no-build with its defaults and served, once per session
+    for the modules that only send it requests (test_docs_apis, test_hostile_requests, test_malformed_requests):
+    one start instead of one per module."""
+    artifacts = tiny_artifacts("bert")
+    build_dir = tmp_path_factory.mktemp("build-default-bert")
+    result = make_image(artifacts, build_dir, "--no-build")
+    assert result.returncode == 0, result.stderr
+    repository = build_dir / "ensemble_model" / "context" / "model_repository"
+    server = local_server(repository, build_dir / "server.log", build_dir)
+    try:
+        yield SharedServer(server.start(), artifacts, repository)
+    finally:
+        server.ctrl_c()
+        stopping.append(server)
 
 
 def bytes_input(module, name: str, values: list) -> object:
