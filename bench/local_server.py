@@ -270,26 +270,41 @@ class LocalServer:
     def rss_bytes(self) -> int:
         return sum(rss for _, _, rss in self.server_processes())
 
-    def interrupt(self, timeout: float = STOP_TIMEOUT_S) -> int:
-        """Ctrl-C: SIGINT to the whole process group, as a terminal sends it; returns serve_local.sh's exit
-        status (subprocess.TimeoutExpired when it takes longer than `timeout`). Whatever is left is killed."""
-        assert self.process is not None, "not started"
+    def ctrl_c(self) -> bool:
+        """SIGINT to the whole process group if it is running, without waiting; whether it was sent (stop(send=False)
+        waits for the stop later)."""
+        if not self.alive():
+            return False
+        assert self.process is not None
         try:
             os.killpg(self.process.pid, signal.SIGINT)
         except ProcessLookupError:
-            pass
+            return False
+        return True
+
+    def interrupt(self, timeout: float = STOP_TIMEOUT_S, send: bool = True) -> int:
+        """Ctrl-C: SIGINT to the whole process group, as a terminal sends it; returns serve_local.sh's exit
+        status (subprocess.TimeoutExpired when it takes longer than `timeout`). Whatever is left is killed.
+        send=False: the Ctrl-C was sent already (stop_all), only wait (a second one means "stop now")."""
+        assert self.process is not None, "not started"
+        if send:
+            try:
+                os.killpg(self.process.pid, signal.SIGINT)
+            except ProcessLookupError:
+                pass
         try:
             return self.process.wait(timeout=timeout)
         finally:
             self._kill_leftovers()
 
-    def stop(self) -> int | None:
-        """interrupt() if it is running (SIGKILL after STOP_TIMEOUT_S); the exit status, None if never started."""
+    def stop(self, send: bool = True) -> int | None:
+        """interrupt(send=send) if it is running (SIGKILL after STOP_TIMEOUT_S); the exit status, None if never
+        started."""
         if self.process is None:
             return None
         if self.process.poll() is None:
             try:
-                return self.interrupt()
+                return self.interrupt(send=send)
             except subprocess.TimeoutExpired:
                 LOGGER.warning("serve_local.sh did not stop in %ds: killed it", STOP_TIMEOUT_S)
         self._kill_leftovers()
@@ -312,15 +327,11 @@ class LocalServer:
 
 def stop_all(servers: Sequence[LocalServer]) -> None:
     """Stop several servers side by side: Ctrl-C to every one first, then wait for each (each stop drains and
-    unloads for a few seconds; one after another they would add up)."""
+    unloads for a few seconds; one after another they would add up). One Ctrl-C each: a second one, sent while
+    the first is handled, would kill tritonserver instead of stopping it."""
+    interrupted = {id(server) for server in servers if server.ctrl_c()}
     for server in servers:
-        if server.alive():
-            try:
-                os.killpg(server.process.pid, signal.SIGINT)
-            except ProcessLookupError:
-                pass
-    for server in servers:
-        server.stop()
+        server.stop(send=id(server) not in interrupted)
 
 
 def stats_delta(before: dict[str, dict[str, Any]], after: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:

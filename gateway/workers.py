@@ -258,6 +258,7 @@ class WorkerPool:
         deadline = time.monotonic() + timeout + 5
         while self.pids and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+            self._reap_exited()
         for pid, worker in self.pids.items():
             log.warning("worker %d (pid %d) did not exit after the drain: killing it", worker.index, pid)
             os.kill(pid, signal.SIGKILL)
@@ -273,13 +274,19 @@ class WorkerPool:
         deadline = time.monotonic() + timeout
         while self.pids and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-            for pid, worker in self.pids.items():  # reaped here too: the gateway's reaper ends with tritonserver
-                try:
-                    done, status = os.waitpid(pid, os.WNOHANG)
-                except ChildProcessError:
-                    done, status = pid, 0
-                if done:
-                    worker.exit_code = os.waitstatus_to_exitcode(status)
+            self._reap_exited()
+
+    def _reap_exited(self) -> None:
+        """Collect the workers that exited. The gateway's reaper does too, but it ends with tritonserver: once
+        tritonserver is gone (killed by a second Ctrl-C, or dead), a drain or stop would otherwise wait its whole
+        timeout for workers that exited long before."""
+        for pid, worker in self.pids.items():
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                worker.exit_code = os.waitstatus_to_exitcode(status)  # its pipes close in stop()
 
 
 def install_event_loop() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_triton import LocalTriton, stop_all  # noqa: E402
+from local_triton import LocalTriton  # noqa: E402
 from tiny_models import BUILDERS  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,6 +97,74 @@ def make_image(artifacts: Artifacts, build_dir: Path, *extra: str, env: dict[str
                     **(env or {})})
 
 
+# ------------------------------------------------------------------ the stand-in image, built once per session
+
+IMAGE_MODEL_NAME = "ensemble_model"
+# Set in make_triton_image.sh's environment when the image is built: neither may end up anywhere in the image.
+SECRET_VARIABLES = ("HF_TOKEN", "CLEARML_API_SECRET_KEY", "CLEARML_API_ACCESS_KEY")
+
+
+@pytest.fixture(scope="session")
+def docker_engine():
+    """A Docker engine that answers (started with docker/engine.sh when none does, stopped at the end); where
+    none can run, every test that needs it is skipped with the reason."""
+    from docker_helpers import Engine, EngineUnavailable
+
+    try:
+        started = Engine.ensure()
+    except EngineUnavailable as error:
+        pytest.skip(f"no Docker engine can run here, container test not run: {error}")
+    yield started
+    started.stop()
+
+
+@pytest.fixture(scope="session")
+def standin_image(docker_engine) -> str:
+    """The stand-in Triton base image's name (docker/standin/, cached by a hash of its inputs)."""
+    from docker_helpers import build_standin
+
+    return build_standin()
+
+
+@pytest.fixture(scope="session")
+def serving_wheelhouse(standin_image: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """requirements-serving.txt's wheels for the stand-in's Python (make_triton_image.sh --wheelhouse)."""
+    from docker_helpers import download_wheelhouse, image_python_version
+
+    return download_wheelhouse(ROOT / "requirements-serving.txt", tmp_path_factory.mktemp("wheels"),
+                               image_python_version(standin_image))
+
+
+@pytest.fixture(scope="session")
+def image_secrets() -> dict[str, str]:
+    """SECRET_VARIABLES' values in the build environment of classifier_image."""
+    import uuid
+
+    return {name: f"tritoned-secret-{name.lower()}-{uuid.uuid4().hex}" for name in SECRET_VARIABLES}
+
+
+@pytest.fixture(scope="session")
+def classifier_image(standin_image: str, serving_wheelhouse: Path, tiny_artifacts, image_secrets: dict[str, str],
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Artifacts, Path]]:
+    """(image, artifacts, assembled repository): the tiny BERT built by make_triton_image.sh --standin --wheelhouse
+    DIR with image_secrets in its environment; one build for every module that runs it (test_container,
+    test_container_sizing, test_helm_pod), removed at the end of the session."""
+    import uuid
+
+    from docker_helpers import docker
+
+    artifacts = tiny_artifacts("bert")
+    work = tmp_path_factory.mktemp("container")
+    tag = f"containertest-{uuid.uuid4().hex[:10]}"
+    result = make_image(artifacts, work / "build", "--standin", "--wheelhouse", str(serving_wheelhouse),
+                        IMAGE_MODEL_NAME, tag, env=image_secrets)
+    assert result.returncode == 0, result.stderr[-6000:]
+    assert f"from {standin_image}" in result.stderr, "--standin did not build on the stand-in base"
+    image = f"{IMAGE_MODEL_NAME}:{tag}"
+    yield image, artifacts, work / "build" / IMAGE_MODEL_NAME / "context" / "model_repository"
+    docker("rmi", "-f", image, check=False)
+
+
 def http(address: str, method: str, path: str, body: dict | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, str]:
     """(status, body text) of one HTTP request to address (host:port); an error status is returned, not raised."""
@@ -134,20 +202,65 @@ def build_serve_and_ask(out_dir: Path, start: Callable[..., LocalTriton], build_
     return labels, np.stack(rows)
 
 
+@pytest.fixture(scope="session")
+def stopping() -> Iterator[list[LocalTriton]]:
+    """Servers sent their Ctrl-C at the end of their module, waited for (and whatever is left killed) at the end of
+    the session: a stop drains and unloads for ~6 s, mostly waiting, and the next modules run meanwhile."""
+    servers: list[LocalTriton] = []
+    yield servers
+    for server in servers:
+        server.stop(send=False)
+
+
+def local_server(repository: Path, log: Path, build_dir: Path, extra_args: list[str] | None = None) -> LocalTriton:
+    """A LocalTriton of `repository` (not started) whose serve_local.sh writes to build_dir."""
+    env = {"TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": sys.executable,
+           "PATH": os.environ.get("PATH", "")}
+    return LocalTriton(repository=repository, log=log, extra_args=extra_args or [], env=env)
+
+
 @pytest.fixture(scope="module")
-def serve() -> Iterator[Callable[..., LocalTriton]]:
-    """serve(repository, log, build_dir) -> a started LocalTriton, stopped at module end."""
+def serve(stopping: list[LocalTriton]) -> Iterator[Callable[..., LocalTriton]]:
+    """serve(repository, log, build_dir) -> a started LocalTriton, sent its Ctrl-C at module end (stopping)."""
     servers: list[LocalTriton] = []
 
     def start(repository: Path, log: Path, build_dir: Path, extra_args: list[str] | None = None) -> LocalTriton:
-        env = {"TRITONED_BUILD_DIR": str(build_dir), "TRITONED_PYTHON": sys.executable,
-               "PATH": os.environ.get("PATH", "")}
-        server = LocalTriton(repository=repository, log=log, extra_args=extra_args or [], env=env)
+        server = local_server(repository, log, build_dir, extra_args)
         servers.append(server)
         return server.start()
 
     yield start
-    stop_all(servers)
+    for server in servers:
+        server.ctrl_c()
+    stopping.extend(servers)
+
+
+@dataclass(frozen=True)
+class SharedServer:
+    """A server several modules send requests to (and nothing else: none restarts, kills or reconfigures it)."""
+
+    server: LocalTriton
+    artifacts: Artifacts
+    repository: Path
+
+
+@pytest.fixture(scope="session")
+def default_bert(tiny_artifacts, tmp_path_factory: pytest.TempPathFactory,
+                 stopping: list[LocalTriton]) -> Iterator[SharedServer]:
+    """The tiny BERT assembled by make_triton_image.sh --no-build with its defaults and served, once per session
+    for the modules that only send it requests (test_docs_apis, test_hostile_requests, test_malformed_requests):
+    one start instead of one per module."""
+    artifacts = tiny_artifacts("bert")
+    build_dir = tmp_path_factory.mktemp("build-default-bert")
+    result = make_image(artifacts, build_dir, "--no-build")
+    assert result.returncode == 0, result.stderr
+    repository = build_dir / "ensemble_model" / "context" / "model_repository"
+    server = local_server(repository, build_dir / "server.log", build_dir)
+    try:
+        yield SharedServer(server.start(), artifacts, repository)
+    finally:
+        server.ctrl_c()
+        stopping.append(server)
 
 
 def bytes_input(module, name: str, values: list) -> object:

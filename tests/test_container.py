@@ -1,7 +1,7 @@
 """The image, built and run for real: a tiny classifier goes through make_triton_image.sh onto the
 stand-in Triton base (docker/standin/, offline from a wheelhouse), runs as the README says, and answers.
 
-Needs a Docker engine: one is started with docker/engine.sh when none answers (and stopped afterwards);
+Needs a Docker engine: one is started with docker/engine.sh when none answers (and stopped at the session's end);
 where none can run, every test here is skipped with the reason."""
 from __future__ import annotations
 
@@ -21,21 +21,18 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import ROOT, Artifacts, http, make_image
-from docker_helpers import (Container, Engine, EngineUnavailable, build_standin, docker,
-                            download_wheelhouse, image_python_version, localize_run_command,
-                            readme_curl, readme_docker_run, scan_image)
+from conftest import IMAGE_MODEL_NAME, ROOT, Artifacts, http, make_image
+from docker_helpers import (Container, Engine, docker, localize_run_command, readme_curl, readme_docker_run,
+                            scan_image)
 from local_triton import free_ports
 from reference import labels_of, pytorch_probabilities
 from traffic import Load, infer, recovery_figures
 
-MODEL_NAME = "ensemble_model"
+MODEL_NAME = IMAGE_MODEL_NAME
 TOLERANCE = 1e-4
 TEXTS = ["помогите мне", "where is my order", "I want a refund for this item", "спасибо за помощь 🙂"]
 STOP_LIMIT_S = 30
 MEMORY_LIMIT = "1g"  # README: what a tiny model needs; the demo model's figure is in the README
-# Set in make_triton_image.sh's environment: neither may end up anywhere in the image.
-SECRET_VARIABLES = ("HF_TOKEN", "CLEARML_API_SECRET_KEY", "CLEARML_API_ACCESS_KEY")
 ADMIN_HEADER = "tritoned-admin-key"
 GRPC_ADMIN_HEADER = f"triton-grpc-protocol-{ADMIN_HEADER}"  # Triton's prefix for gRPC metadata
 # (method, path, body) of APIs that only the admin key opens: model repository, logging, trace, shared memory.
@@ -52,47 +49,33 @@ OPEN_HTTP = ["/v2/health/live", "/v2/health/ready", "/v2", f"/v2/models/{MODEL_N
              f"/v2/models/{MODEL_NAME}/config", "/v2/models/stats"]
 
 
+# The session's fixtures (conftest.py: one engine, one stand-in, one wheelhouse, one image for every module that
+# runs the image) under this module's names; tests/test_container_sizing.py imports them from here.
 @pytest.fixture(scope="module")
-def engine() -> Iterator[Engine]:
-    try:
-        started = Engine.ensure()
-    except EngineUnavailable as error:
-        pytest.skip(f"no Docker engine can run here, container test not run: {error}")
-    yield started
-    started.stop()
+def engine(docker_engine: Engine) -> Engine:
+    return docker_engine
 
 
 @pytest.fixture(scope="module")
-def standin(engine: Engine) -> str:
-    return build_standin()
+def standin(standin_image: str) -> str:
+    return standin_image
 
 
 @pytest.fixture(scope="module")
-def secrets() -> dict[str, str]:
-    return {name: f"tritoned-secret-{name.lower()}-{uuid.uuid4().hex}" for name in SECRET_VARIABLES}
+def secrets(image_secrets: dict[str, str]) -> dict[str, str]:
+    return image_secrets
 
 
 @pytest.fixture(scope="module")
-def wheelhouse(standin: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return download_wheelhouse(ROOT / "requirements-serving.txt", tmp_path_factory.mktemp("wheels"),
-                               image_python_version(standin))
+def wheelhouse(serving_wheelhouse: Path) -> Path:
+    return serving_wheelhouse
 
 
 @pytest.fixture(scope="module")
-def built(standin: str, wheelhouse: Path, tiny_artifacts, secrets: dict[str, str],
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Artifacts, Path]]:
-    """(image, artifacts, assembled repository): built by make_triton_image.sh --standin
-    --wheelhouse DIR with credentials in its environment; the image is removed afterwards."""
-    artifacts = tiny_artifacts("bert")
-    work = tmp_path_factory.mktemp("container")
-    tag = f"containertest-{uuid.uuid4().hex[:10]}"
-    result = make_image(artifacts, work / "build", "--standin", "--wheelhouse", str(wheelhouse),
-                        MODEL_NAME, tag, env=secrets)
-    assert result.returncode == 0, result.stderr[-6000:]
-    assert f"from {standin}" in result.stderr, "--standin did not build on the stand-in base"
-    image = f"{MODEL_NAME}:{tag}"
-    yield image, artifacts, work / "build" / MODEL_NAME / "context" / "model_repository"
-    docker("rmi", "-f", image, check=False)
+def built(classifier_image: tuple[str, Artifacts, Path]) -> tuple[str, Artifacts, Path]:
+    """(image, artifacts, assembled repository): conftest's classifier_image (make_triton_image.sh --standin
+    --wheelhouse DIR with credentials in its environment)."""
+    return classifier_image
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, make_image
+from conftest import ROOT
 from test_readme import code_blocks, commands
 
 DOC = ROOT / "docs" / "apis.md"
@@ -21,16 +21,12 @@ TOLERANCE = 1e-4
 
 
 @pytest.fixture(scope="module")
-def served(tiny_artifacts, serve, tmp_path_factory):
+def served(default_bert):
     from transformers import pipeline
 
     from bench.local_server import max_sequence_length
 
-    artifacts = tiny_artifacts("bert")
-    build_dir = tmp_path_factory.mktemp("build-docs-apis")
-    assert make_image(artifacts, build_dir, "--no-build").returncode == 0
-    repository = build_dir / MODEL / "context" / "model_repository"
-    server = serve(repository, build_dir / "server.log", build_dir)
+    server, artifacts, repository = default_bert.server, default_bert.artifacts, default_bert.repository
     pipe = pipeline("text-classification", model=str(artifacts.hf_dir), tokenizer=str(artifacts.hf_dir), device="cpu")
     length = max_sequence_length(repository)
     return server, lambda item, **kwargs: pipe(item, truncation=True, max_length=length, **kwargs)

@@ -24,34 +24,21 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from bench.local_server import free_ports, max_sequence_length
-from conftest import ROOT, Artifacts, http, make_image
-from docker_helpers import (Engine, EngineUnavailable, build_standin, docker, download_wheelhouse,
-                            image_python_version, readme_curl)
+from conftest import IMAGE_MODEL_NAME, Artifacts, http
+from docker_helpers import docker, readme_curl
 from helm_chart import docker_run_command, port_by_name, quantity, render, server_container, the
 from reference import labels_of, pytorch_probabilities
 
-MODEL_NAME = "ensemble_model"
+MODEL_NAME = IMAGE_MODEL_NAME
 ADMIN_HEADER = "tritoned-admin-key"
 READY_LIMIT_S = 300  # the chart allows more (startupProbe); a tiny model loads in seconds
 
 
 @pytest.fixture(scope="module")
-def image(tiny_artifacts, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Artifacts, Path]]:
-    """(image, artifacts, assembled repository): the tiny classifier through make_triton_image.sh --standin."""
-    try:
-        engine = Engine.ensure()
-    except EngineUnavailable as error:
-        pytest.skip(f"no Docker engine can run here, pod spec not run: {error}")
-    standin = build_standin()
-    artifacts = tiny_artifacts("bert")
-    work = tmp_path_factory.mktemp("helm-pod")
-    wheelhouse = download_wheelhouse(ROOT / "requirements-serving.txt", work / "wheels", image_python_version(standin))
-    tag = f"helmpod-{uuid.uuid4().hex[:10]}"
-    result = make_image(artifacts, work / "build", "--standin", "--wheelhouse", str(wheelhouse), MODEL_NAME, tag)
-    assert result.returncode == 0, result.stderr[-6000:]
-    yield f"{MODEL_NAME}:{tag}", artifacts, work / "build" / MODEL_NAME / "context" / "model_repository"
-    docker("rmi", "-f", f"{MODEL_NAME}:{tag}", check=False)
-    engine.stop()
+def image(classifier_image: tuple[str, Artifacts, Path]) -> tuple[str, Artifacts, Path]:
+    """(image, artifacts, assembled repository): the tiny classifier through make_triton_image.sh --standin
+    (conftest's classifier_image, the one build tests/test_container.py runs too)."""
+    return classifier_image
 
 
 @pytest.fixture(scope="module")

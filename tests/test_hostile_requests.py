@@ -27,7 +27,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from conftest import assert_log_shows_no_crash, make_image
+from conftest import SharedServer, assert_log_shows_no_crash
 from local_triton import LocalTriton, descendants, process_rss
 from traffic import stubs_of_group
 
@@ -57,11 +57,9 @@ def grpc_text(texts: list[str]) -> grpcclient.InferInput:
 
 
 @pytest.fixture(scope="module")
-def served(tiny_artifacts, serve, tmp_path_factory) -> Served:
-    artifacts = tiny_artifacts("bert")
-    build_dir = tmp_path_factory.mktemp("build-hostile")
-    assert make_image(artifacts, build_dir, "--no-build").returncode == 0
-    server = serve(build_dir / MODEL / "context" / "model_repository", build_dir / "server.log", build_dir)
+def served(default_bert: SharedServer) -> Served:
+    """The session's default tiny BERT server (conftest's default_bert), its backend processes as they are now."""
+    server, artifacts = default_bert.server, default_bert.artifacts
     label = grpcclient.InferenceServerClient(server.grpc_url).infer(MODEL, [grpc_text([TEXT])]).as_numpy("label")
     return Served(server, list(artifacts.labels().values()), stub_pids(server), label.reshape(-1)[0].decode())
 

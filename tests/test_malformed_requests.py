@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from conftest import assert_log_shows_no_crash, bytes_input, make_image
+from conftest import SharedServer, assert_log_shows_no_crash, bytes_input
 from malformed import http_campaign, grpc_campaign, valid_request
 from traffic import stubs_of_group
 
@@ -28,11 +28,10 @@ CLIENT_ERRORS = {"INVALID_ARGUMENT", "NOT_FOUND"}
 
 
 @pytest.fixture(scope="module")
-def served(tiny_artifacts, serve, tmp_path_factory):
-    artifacts = tiny_artifacts("bert")
-    build_dir = tmp_path_factory.mktemp("build-malformed")
-    assert make_image(artifacts, build_dir, "--no-build").returncode == 0
-    server = serve(build_dir / MODEL / "context" / "model_repository", build_dir / "server.log", build_dir)
+def served(default_bert: SharedServer):
+    """The session's default tiny BERT server (conftest's default_bert), its label of TEXTS[0] and its backend
+    processes as they are now."""
+    server = default_bert.server
     return server, label_of(server), set(stubs_of_group(server.process.pid).values())
 
 

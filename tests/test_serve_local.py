@@ -154,3 +154,37 @@ def test_bad_cpus_flag_is_refused_before_starting(repository, value: str) -> Non
     result = subprocess.run([str(script), "--cpus", value, str(repo)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "--cpus" in result.stderr and ("whole number >= 1" in result.stderr or "needs a value" in result.stderr)
+
+
+def test_a_second_ctrl_c_after_traffic_stops_everything_within_seconds(repository, serve, tmp_path: Path) -> None:
+    """Ctrl-C twice ("stopping now": tritonserver is killed) after HTTP and gRPC requests: serve_local.sh is gone
+    within seconds with nothing left behind (it took 21 s when the drain waited its whole timeout for a worker
+    that had already exited: the gateway's reaper ends with tritonserver)."""
+    import os
+    import signal
+
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+
+    from conftest import infer_items
+
+    repo, build_dir = repository
+    server: LocalTriton = serve(repo, tmp_path / "server.log", build_dir)
+    for module, client in ((httpclient, httpclient.InferenceServerClient(server.http_url)),
+                           (grpcclient, grpcclient.InferenceServerClient(server.grpc_url))):
+        answer = infer_items(module, client, "ensemble_model", ["hello", "a longer text"])
+        assert answer.as_numpy("label").shape[0] == 2
+    group = server.process.pid
+    started = time.monotonic()
+    os.killpg(group, signal.SIGINT)
+    deadline = time.monotonic() + 5
+    while "draining" not in server.log_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(group, signal.SIGINT)
+    server.process.wait(timeout=30)
+    took = time.monotonic() - started
+    assert "received again: stopping now" in server.log_text(), server.log_text()
+    assert took < 8, f"a second Ctrl-C took {took:.1f}s to stop the server:\n{server.log_text()}"
+    while descendants(group) and time.monotonic() - started < 8:  # the backend stubs notice tritonserver is gone
+        time.sleep(0.1)
+    assert descendants(group) == [], "processes left 8 s after a second Ctrl-C"

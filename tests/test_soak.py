@@ -32,7 +32,7 @@ def test_short_soak_serves_every_request_right(tiny_artifacts, tmp_path: Path) -
     artifacts = tiny_artifacts("bert")
     report = tmp_path / "soak.json"
     result = run_soak("--model-dir", str(artifacts.out_dir), "--build-dir", str(tmp_path / "build"),
-                      "--duration", "15", "--warmup", "3", "--window", "5", "--concurrency", "4",
+                      "--duration", "9", "--warmup", "3", "--window", "3", "--concurrency", "4",
                       "--long-texts", "8", "--json", str(report))
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-6000:]

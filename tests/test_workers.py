@@ -69,10 +69,11 @@ def start(repository: Path, log: Path) -> LocalTriton:
 
 
 @pytest.fixture(scope="module")
-def server(repository: Path) -> LocalTriton:
+def server(repository: Path, stopping: list[LocalTriton]) -> LocalTriton:
     started = start(repository, repository.parent.parent.parent / "server.log")
     yield started
-    stop_all([started])
+    started.ctrl_c()  # waited for at the end of the session (conftest's stopping)
+    stopping.append(started)
 
 
 def grpc_label(server: LocalTriton, text: str) -> str:
