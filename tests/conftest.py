@@ -97,6 +97,11 @@ def make_image(artifacts: Artifacts, build_dir: Path, *extra: str, env: dict[str
                     **(env or {})})
 
 
+def run_bench_tool(script: str, argv: list[str], work_dir: Path) -> subprocess.CompletedProcess:
+    """bench/SCRIPT ARGV --work-dir WORK_DIR, as bench/run.sh runs it (at most 60 s)."""
+    return run([sys.executable, str(ROOT / "bench" / script), *argv, "--work-dir", str(work_dir)], timeout=60)
+
+
 # ------------------------------------------------------------------ the stand-in image, built once per session
 
 IMAGE_MODEL_NAME = "ensemble_model"

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_bench_tool
 
 sys.path.insert(0, str(ROOT))  # the bench package
 
@@ -220,8 +220,7 @@ def test_sizing_builds_the_shape_and_converts_it_with_parity(sizing_run) -> None
     (["--sizes", "tiny", "--load-processes", "-1"], "--load-processes: give 0"),
 ])
 def test_sizing_mode_refuses_bad_options(argv, message, tmp_path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "bench.py"), *argv, "--work-dir", str(tmp_path)],
-                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = run_bench_tool("bench.py", argv, tmp_path)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr, result.stderr
     assert not list(tmp_path.iterdir()), "a refused run built something"
@@ -282,8 +281,7 @@ def test_front_ceiling_by_worker_count(tmp_path) -> None:
     (["--protocols", "udp"], "--protocols takes http,grpc"),
 ])
 def test_front_ceiling_refuses_bad_options(argv, message, tmp_path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "front_ceiling.py"), *argv,
-                             "--work-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = run_bench_tool("front_ceiling.py", argv, tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not list(tmp_path.iterdir())
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, run_bench_tool
 
 sys.path.insert(0, str(ROOT))  # the bench package
 
@@ -71,7 +71,6 @@ def test_roles_by_command_line_and_process_tree() -> None:
     (["--concurrency", "0", "--sizes", "tiny"], "must be positive"),
 ])
 def test_refuses_bad_options(argv, message, tmp_path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "bench" / "process_cost.py"), *argv,
-                             "--work-dir", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    result = run_bench_tool("process_cost.py", argv, tmp_path)
     assert result.returncode == 2 and message in result.stderr, result.stderr
     assert not list(tmp_path.iterdir())
