@@ -96,8 +96,8 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def _cgroup_paths(proc_self_cgroup: Path) -> tuple[str | None, str | None]:
-    """(the v2 path, the v1 cpu controller's path) of this process, from /proc/self/cgroup."""
+def _cgroup_paths(proc_self_cgroup: Path, controller: str = "cpu") -> tuple[str | None, str | None]:
+    """(the v2 path, the v1 `controller`'s path) of this process, from /proc/self/cgroup."""
     v2 = v1 = None
     for line in (_read(proc_self_cgroup) or "").splitlines():
         parts = line.split(":", 2)
@@ -106,9 +106,16 @@ def _cgroup_paths(proc_self_cgroup: Path) -> tuple[str | None, str | None]:
         _, controllers, path = parts
         if controllers == "":
             v2 = path
-        elif "cpu" in controllers.split(","):
+        elif controller in controllers.split(","):
             v1 = path
     return v2, v1
+
+
+def _v2_root(root: Path) -> Path:
+    """Where the v2 hierarchy is mounted: `root`, or root/unified in the hybrid layout (v1 controllers at the root)."""
+    if not (root / "cgroup.controllers").is_file() and (root / "unified").is_dir():
+        return root / "unified"
+    return root
 
 
 def _candidates(base: Path, path: str | None) -> list[Path]:
@@ -130,8 +137,7 @@ def _candidates(base: Path, path: str | None) -> list[Path]:
 
 def cgroup_v2_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> Finding:
     path, _ = _cgroup_paths(proc_self_cgroup)
-    if not (root / "cgroup.controllers").is_file() and (root / "unified").is_dir():
-        root = root / "unified"  # the hybrid layout: v1 controllers at the root, v2 under unified/
+    root = _v2_root(root)
     limits: list[tuple[float, Path, str]] = []
     for directory in _candidates(root, path):
         text = _read(directory / "cpu.max")
@@ -231,14 +237,8 @@ def busy_threads(cpus: int, instances: int, threads: int) -> int:
 def memory_limit(root: Path = CGROUP_ROOT, proc_self_cgroup: Path = PROC_SELF_CGROUP) -> int | None:
     """The smallest memory limit in bytes of this process's cgroup and its ancestors (v2 memory.max, v1
     memory.limit_in_bytes); None without one."""
-    v2_path, _ = _cgroup_paths(proc_self_cgroup)
-    v1_path = None
-    for line in (_read(proc_self_cgroup) or "").splitlines():
-        parts = line.split(":", 2)
-        if len(parts) == 3 and "memory" in parts[1].split(","):
-            v1_path = parts[2]
-    v2_root = root if (root / "cgroup.controllers").is_file() or not (root / "unified").is_dir() else root / "unified"
-    files = [d / "memory.max" for d in _candidates(v2_root, v2_path)]
+    v2_path, v1_path = _cgroup_paths(proc_self_cgroup, "memory")
+    files = [d / "memory.max" for d in _candidates(_v2_root(root), v2_path)]
     if (root / "memory").is_dir():
         files += [d / "memory.limit_in_bytes" for d in _candidates(root / "memory", v1_path)]
     limits = [int(text) for text in (_read(f) for f in files) if text and text.isdigit() and int(text) < UNLIMITED]
