@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import os
 import threading
 from collections import Counter
 from typing import Any, Sequence
@@ -101,6 +102,7 @@ class Sender:
         self._dropped = 0
         self._failures = 0
         self._stop = threading.Event()
+        self._server = os.getppid()  # tritonserver: once it is gone, an update would wait for it forever
         self._thread = threading.Thread(target=self._run, args=(interval_s,), name="tritoned-metrics", daemon=True)
         self._thread.start()
 
@@ -119,6 +121,8 @@ class Sender:
             dropped, self._dropped = self._dropped, 0
         if dropped:
             LOGGER.warning("%d metric observations dropped: the server took no update for a long time", dropped)
+        if os.getppid() != self._server:  # tritonserver died (this stub is exiting): nobody to send them to
+            return
         try:
             for metric, amount in counts.items():
                 metric.increment(amount)
