@@ -25,6 +25,7 @@ from traffic import TEXTS, Load, gateway_events, infer, ready, stubs_of_group
 MODEL = "ensemble_model"
 DETECTION_LIMIT_S = 10
 RECOVERY_LIMIT_S = 60
+READINESS_TURN_S = 0.5  # SIGTERM to the main process -> 503 from the workers that answer readiness
 
 
 def stubs(server: LocalTriton) -> dict[str, int]:
@@ -194,14 +195,20 @@ def test_sigterm_drains_16_requests_in_flight(server: LocalTriton, expected: dic
         time.sleep(1.5)
         signalled = time.time()
         os.kill(server.process.pid, signal.SIGTERM)
+        # The main process takes the signal; the workers that answer readiness learn it over their control pipe,
+        # milliseconds later (more under this load on 2 CPUs): readiness must turn within READINESS_TURN_S.
         readiness = ready(server.http_url)
+        while readiness == 200 and time.time() - signalled < READINESS_TURN_S:
+            time.sleep(0.01)
+            readiness = ready(server.http_url)
+        turned = time.time() - signalled
         status = server.process.wait(timeout=40)
         exited = time.time()
     in_flight = [r for r in load.results if r[0] < signalled < r[1]]
     before = [r for r in load.results if r[0] < signalled]
     bad = [r for r in before if r[2] != "ok"]
     print(f"\ndrain: {len(in_flight)} requests in flight at SIGTERM, {len(before)} sent before it, {len(bad)} of "
-          f"them failed; readiness right after SIGTERM: {readiness}; exit status {status} after "
+          f"them failed; readiness {readiness} {turned * 1000:.0f} ms after SIGTERM; exit status {status} after "
           f"{exited - signalled:.2f}s")
     assert readiness in (0, 503)
     assert not bad, bad[:5]
