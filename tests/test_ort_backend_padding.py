@@ -4,6 +4,7 @@ honoured), for every tiny architecture (BERT, DistilBERT without token_type_ids,
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from pathlib import Path
@@ -65,9 +66,52 @@ def test_a_text_padded_in_a_bucket_answers_as_alone(backend, tiny_artifacts, kin
 
 
 def test_buckets_keep_short_texts_apart_from_long_ones(backend) -> None:
-    groups = backend.buckets([3, 4, 5, 9, 20, 25, 60, 128])
-    assert [i for group in groups for i in group] == list(range(8))
-    assert groups[0] == [0, 1, 2, 3] and any(7 in g and 0 not in g for g in groups)
+    lengths = [3, 4, 5, 9, 20, 21, 24, 25, 60, 128]
+    groups = backend.buckets(lengths)
+    assert [i for group in groups for i in group] == list(range(len(lengths)))
+    # Similar lengths share a run; none is padded to more than BUCKET_GROWTH x its length + BUCKET_SLACK tokens.
+    assert groups[0] == [0, 1, 2] and [4, 5, 6, 7] in groups and [9] in groups
+    for group in groups:
+        assert lengths[group[-1]] <= lengths[group[0]] * backend.BUCKET_GROWTH + backend.BUCKET_SLACK
+
+
+@pytest.mark.parametrize("threads, busy_threads, wide_spins", [(2, 1, "1"), (2, 0, "0"), (1, 0, "0"), (4, 2, "1")])
+def test_only_the_wide_session_of_two_spins_and_it_stops_at_the_end_of_a_run(
+        backend, tiny_artifacts, tmp_path: Path, threads: int, busy_threads: int, wide_spins: str) -> None:
+    """The session a lone text runs on (the wide one, beside a busy one) spins between the steps of its run and
+    stops when the run ends; a busy session, or an instance's only session, never spins."""
+    artifacts = tiny_artifacts("bert")
+    version = tmp_path / "1"
+    version.mkdir()
+    (version / "model.onnx").symlink_to(artifacts.model)
+    config = {"input": [{"name": n} for n in ("input_ids", "attention_mask", "token_type_ids")],
+              "output": [{"name": "logits"}],
+              "parameters": {"intra_op_thread_count": {"string_value": str(threads)},
+                             "busy_intra_op_thread_count": {"string_value": str(busy_threads)}}}
+    model = backend.TritonPythonModel()
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path), "model_version": "1",
+                      "model_instance_name": "model_onnx_0_0"})
+
+    def spins(session) -> tuple[str, str]:
+        """(allow_spinning, force_spinning_stop), "" for an entry not set."""
+        options = session.get_session_options()
+        entries = []
+        for key in ("session.intra_op.allow_spinning", "session.force_spinning_stop"):
+            try:
+                entries.append(options.get_session_config_entry(key))
+            except RuntimeError:  # not set
+                entries.append("")
+        return entries[0], entries[1]
+
+    assert spins(model.session) == ((wide_spins, "1") if wide_spins == "1" else ("0", ""))
+    assert (model.busy_session is not None) == (wide_spins == "1")
+    if model.busy_session is not None:
+        assert spins(model.busy_session) == ("0", "")
+    # The config's intra_op_allow_spinning wins for every session.
+    config["parameters"]["intra_op_allow_spinning"] = {"string_value": "0"}
+    model.initialize({"model_config": json.dumps(config), "model_repository": str(tmp_path), "model_version": "1",
+                      "model_instance_name": "model_onnx_0_0"})
+    assert spins(model.session)[0] == "0"
 
 
 def test_a_request_whose_inputs_disagree_is_refused(backend) -> None:
