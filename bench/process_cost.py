@@ -211,8 +211,8 @@ def measure_model(onnx_dir: Path, label: str, configs: dict[str, list[str]], pro
     return tallies
 
 
-COLUMNS = ("model", "protocol", "config", "raw", "served", "outside the model", *ROLES, "served texts/s",
-           "raw Nx1 texts/s", "served/raw")
+COLUMNS = ("model", "protocol", "config", "raw", "served", "outside the model", "raw Nx1", "outside vs Nx1", *ROLES,
+           "served texts/s", "raw Nx1 texts/s", "served/raw")
 
 
 def table(rows: list[tuple[str, dict[str, Tally]]], protocols: list[str], configs: list[str]) -> str:
@@ -224,7 +224,8 @@ def table(rows: list[tuple[str, dict[str, Tally]]], protocols: list[str], config
             for name in configs:
                 served = tallies[f"{protocol} {name}"]
                 lines.append((label, protocol, name, f"{raw.ms_per_text():.2f}", f"{served.ms_per_text():.2f}",
-                              f"{served.ms_per_text() - raw.ms_per_text():+.2f}",
+                              f"{served.ms_per_text() - raw.ms_per_text():+.2f}", f"{best.ms_per_text():.2f}",
+                              f"{served.ms_per_text() - best.ms_per_text():+.2f}",
                               *(f"{served.ms_per_text(role):.3f}" for role in ROLES[:-1]),
                               f"{max(0.0, served.ms_per_text() - sum(served.ms_per_text(r) for r in ROLES[:-1])):.3f}",
                               f"{served.texts_per_second:.1f}", f"{best.texts_per_second:.1f}",
@@ -265,10 +266,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for label, onnx_dir in models]
             print(f"\nCPU ms per text by process, {text_set} texts, one text per request, {args.concurrency} in flight, "
                   f"{args.rounds} interleaved round(s) of about {args.seconds:g} s per engine, {cpus} CPU(s).\n"
-                  "raw: ONNX Runtime in one process, one thread, tokenization included; served: the sum of the "
-                  "server's processes (gateway: all its processes; a model: all its stubs; other: the rest of the session); outside the model = "
-                  f"served - raw; served/raw: texts/s served over raw ORT's best throughput ({cpus} single-thread "
-                  f"processes side by side, raw Nx1).")
+                  "raw: ONNX Runtime in one process, one thread, tokenization included, alone on the machine; served: "
+                  "the sum of the server's processes (gateway: all its processes; a model: all its stubs; other: the "
+                  "rest of the session); outside the model = served - raw; raw Nx1: CPU per text of raw ORT's best "
+                  f"throughput configuration ({cpus} single-thread processes side by side: the model's own work when "
+                  f"{cpus} texts run at once, as under load); outside vs Nx1 = served - raw Nx1; served/raw: texts/s "
+                  "served over raw Nx1's.")
             for name, options in configs.items():
                 print(f"config {name}: make_triton_image.sh {' '.join(options) or '(template defaults)'}")
             print(table(rows, args.protocols, list(configs)))

@@ -14,8 +14,8 @@ from conftest import ROOT, run_bench_tool
 sys.path.insert(0, str(ROOT))  # the bench package
 
 ROLES = ("gateway", "tritonserver", "text_preprocessing", "model_onnx", "post_processing")
-COLUMNS = ["model", "protocol", "config", "raw", "served", "outside the model", *ROLES, "other", "served texts/s",
-           "raw Nx1 texts/s", "served/raw"]
+COLUMNS = ["model", "protocol", "config", "raw", "served", "outside the model", "raw Nx1", "outside vs Nx1", *ROLES,
+           "other", "served texts/s", "raw Nx1 texts/s", "served/raw"]
 
 
 def test_table_per_process(tiny_artifacts, tmp_path) -> None:
@@ -38,6 +38,8 @@ def test_table_per_process(tiny_artifacts, tmp_path) -> None:
         raw, served, outside = float(figures["raw"]), float(figures["served"]), float(figures["outside the model"])
         assert raw > 0 and served > 0, row
         assert abs(served - raw - outside) < 0.015, row
+        best = float(figures["raw Nx1"])
+        assert best > 0 and abs(served - best - float(figures["outside vs Nx1"])) < 0.015, row
         for role in ROLES:
             assert float(figures[role]) > 0, (role, row)
         parts = sum(float(figures[role]) for role in (*ROLES, "other"))
