@@ -7,8 +7,10 @@ It honours the native backend's config: `default_model_filename` (default model.
 parameters `intra_op_thread_count` / `inter_op_thread_count`. Requests that arrive together (dynamic
 batching, with `allow_ragged_batch` on the inputs: requests of any lengths) are run together, which the native
 backend cannot do: every text is cut to its attention mask's length, the texts are sorted by length and run in
-buckets of similar lengths, each padded to its longest. A lone request runs as it came. If a run fails, the
-requests are run one by one, so only the request that caused the failure gets an error.
+buckets of similar lengths, each padded to its longest; so are the texts of one request of several (text_preprocessing
+pads a request to its longest text). A lone text runs as it came, and so does every request of a model without
+dynamic batching (a dynamically quantized one: its answers would depend on the neighbours in a run). If a run
+fails, the requests are run one by one, so only the request that caused the failure gets an error.
 
 Threads follow the load: the instances of the model together have more threads than CPUs (a lone text runs on all
 the CPUs: `intra_op_thread_count`), so with `busy_intra_op_thread_count` > 0 each instance also holds a second
@@ -197,6 +199,7 @@ class TritonPythonModel:
             self.busy_session = ort.InferenceSession(
                 path, session_options(config, "busy_intra_op_thread_count", False), providers=["CPUExecutionProvider"])
             self.board = BusyBoard(args["model_repository"], args.get("model_instance_name", ""))
+        self.batching = "dynamic_batching" in config  # requests of several clients may share a run
         self.input_names = [i["name"] for i in config["input"]]
         self.output_names = [o["name"] for o in config["output"]]
         self.mask_position = self.input_names.index(MASK) if MASK in self.input_names else None
@@ -217,9 +220,9 @@ class TritonPythonModel:
         for index, request in enumerate(requests):
             arrays = [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]
             members.append((index, arrays))
-        if len(members) == 1 or self.mask_position is None:
-            # One request (always so without dynamic batching): run it as it came. Several without an attention
-            # mask: only requests of one shape can share a run.
+        if self.mask_position is None or not self.batching or (len(members) == 1 and len(members[0][1][0]) == 1):
+            # One text, or a model without dynamic batching (a quantized one: its requests run as they came): run
+            # it as it came. Several without an attention mask: only requests of one shape can share a run.
             groups: dict[tuple, list[tuple[int, list[np.ndarray]]]] = defaultdict(list)
             for member in members:
                 groups[tuple(array.shape[1:] for array in member[1])].append(member)
