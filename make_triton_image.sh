@@ -82,6 +82,8 @@ $(python_table_help)
                            together on two or more instances. A number given here is kept at
                            every start; docker run -e TRITONED_CPUS=N (serve_local.sh --cpus N)
                            sizes for N CPUs instead, over these options too.
+  --no-ort-spinning        ONNX Runtime's threads never spin while they wait (by default the session a
+                           lone text runs on spins during its run and stops at its end; docs/sizing.md)
   --no-model-metrics       no tritoned_* metrics on the metrics port (Triton's own nv_* stay;
                            see the README's metrics section)
   -h, --help               this help
@@ -110,6 +112,7 @@ MULTI_LABEL=0         # set by export_head_settings: 1 for sigmoid over 2+ label
 SIZE_PREPROCESSING_INSTANCES=auto SIZE_MODEL_INSTANCES=auto SIZE_ORT_THREADS=auto SIZE_BATCH_DELAY_US=auto
 SIZE_BUSY_ORT_THREADS=auto
 export MODEL_METRICS=true  # --no-model-metrics: false
+export ORT_SPINNING=""     # --no-ort-spinning: 0; empty: model_onnx decides (docs/sizing.md)
 
 parse_args() {
   while [[ $# -gt 0 ]]; do
@@ -129,6 +132,7 @@ parse_args() {
       --batch-delay-us) need_value "$@"; SIZE_BATCH_DELAY_US="$2"; shift ;;
       --busy-ort-threads) need_value "$@"; SIZE_BUSY_ORT_THREADS="$2"; shift ;;
       --no-model-metrics) MODEL_METRICS=false ;;
+      --no-ort-spinning) ORT_SPINNING=0 ;;
       --) shift; POSITIONAL+=("$@"); break ;;
       -*) die "unknown option: $1 (see --help)" ;;
       *) POSITIONAL+=("$1") ;;

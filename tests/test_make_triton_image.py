@@ -267,6 +267,14 @@ def test_sizing_options_default_to_auto_and_numbers_are_kept(good: Artifacts, tm
     assert 'string_value: "3"' in onnx and "max_queue_delay_microseconds: 100" in onnx
     assert re.search(r"max_batch_size: 64\b", onnx) and onnx.count("allow_ragged_batch: true") >= 2
     assert 'backend: "python"' in onnx and (repo / "model_onnx" / "1" / "model.py").is_file()
+    assert 'key: "intra_op_allow_spinning" value: { string_value: "" }' in onnx  # model.py decides
+
+
+def test_no_ort_spinning_is_rendered(good: Artifacts, tmp_path: Path) -> None:
+    result = make_image(good, tmp_path / "b", "--no-build", "--no-ort-spinning")
+    assert result.returncode == 0, result.stderr
+    onnx = rendered(tmp_path / "b", "model_onnx")
+    assert 'key: "intra_op_allow_spinning" value: { string_value: "0" }' in onnx, onnx
 
 
 def test_single_label_model_keeps_todays_outputs(good: Artifacts, tmp_path: Path) -> None:
