@@ -188,8 +188,8 @@ class TritonPythonModel:
         busy_threads = int_parameter(config, "busy_intra_op_thread_count", 0)
         two_sessions = 0 < busy_threads < int_parameter(config, "intra_op_thread_count", 0)
         # Only the wide session of two spins (module docstring). Without force_spinning_stop a spinning thread kept
-        # a CPU for milliseconds after its run: a lone text's p50 went 10 -> 17 ms on 2 CPUs. With it, 6.82 -> 6.05
-        # ms (docs/sizing.md).
+        # a CPU for milliseconds after its run: a lone text's p50 went 10 -> 17 ms on 2 CPUs. With it, 8.68 -> 6.17
+        # ms against --no-ort-spinning (docs/sizing.md).
         self.session = ort.InferenceSession(path, session_options(config, "intra_op_thread_count", two_sessions),
                                             providers=["CPUExecutionProvider"])
         check_io(self.session, config, path)
