@@ -145,6 +145,15 @@ def test_the_busy_board_tells_an_instance_when_another_is_busy(backend, tmp_path
     assert not lone.others_busy() and lone.map is None
 
 
+@pytest.mark.parametrize("requests, others_busy, wide", [(1, False, True), (1, True, False), (2, False, False),
+                                                          (16, True, False)])
+def test_only_a_lone_request_of_an_idle_server_runs_wide(backend, requests: int, others_busy: bool,
+                                                          wide: bool) -> None:
+    """The wide session (all the threads, spinning) is for a lone client: another instance busy, or several requests
+    handed over at once (load), get the busy session."""
+    assert backend.runs_wide(requests, others_busy) is wide
+
+
 @pytest.mark.parametrize("name, index", [("model_onnx_0_0", 0), ("model_onnx_0_7", 7), ("weird", 0), ("", 0)])
 def test_instance_index_from_the_name_triton_gives(backend, name: str, index: int) -> None:
     assert backend.instance_index(name) == index
