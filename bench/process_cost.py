@@ -223,11 +223,11 @@ def table(rows: list[tuple[str, dict[str, Tally]]], protocols: list[str], config
         for protocol in protocols:
             for name in configs:
                 served = tallies[f"{protocol} {name}"]
-                lines.append((label, protocol, name, f"{raw.ms_per_text():.2f}", f"{served.ms_per_text():.2f}",
-                              f"{served.ms_per_text() - raw.ms_per_text():+.2f}", f"{best.ms_per_text():.2f}",
-                              f"{served.ms_per_text() - best.ms_per_text():+.2f}",
-                              *(f"{served.ms_per_text(role):.3f}" for role in ROLES[:-1]),
-                              f"{max(0.0, served.ms_per_text() - sum(served.ms_per_text(r) for r in ROLES[:-1])):.3f}",
+                total, roles = served.ms_per_text(), [served.ms_per_text(role) for role in ROLES[:-1]]
+                lines.append((label, protocol, name, f"{raw.ms_per_text():.2f}", f"{total:.2f}",
+                              f"{total - raw.ms_per_text():+.2f}", f"{best.ms_per_text():.2f}",
+                              f"{total - best.ms_per_text():+.2f}", *(f"{value:.3f}" for value in roles),
+                              f"{max(0.0, total - sum(roles)):.3f}",
                               f"{served.texts_per_second:.1f}", f"{best.texts_per_second:.1f}",
                               f"{served.texts_per_second / best.texts_per_second:.2f}" if best.texts_per_second
                               else "-"))
