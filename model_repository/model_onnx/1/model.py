@@ -229,7 +229,8 @@ class TritonPythonModel:
         for index, request in enumerate(requests):
             arrays = [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]
             members.append((index, arrays))
-        if self.mask_position is None or not self.batching or (len(members) == 1 and len(members[0][1][0]) == 1):
+        lone_text = len(members) == 1 and len(members[0][1][0]) == 1  # one request of one row
+        if self.mask_position is None or not self.batching or lone_text:
             # One text, or a model without dynamic batching (a quantized one: its requests run as they came): run
             # it as it came. Several without an attention mask: only requests of one shape can share a run.
             groups: dict[tuple, list[tuple[int, list[np.ndarray]]]] = defaultdict(list)
