@@ -14,6 +14,12 @@ In the same interleaved rounds it measures raw ONNX Runtime in a separate proces
 tokenization included, one text at a time (raw CPU ms per text; "outside the model" = served total minus that), and
 raw ONNX Runtime's best throughput configuration on this process's N CPUs (N single-thread processes side by
 side), so that "served/raw" is the served throughput at --concurrency in flight over that.
+
+With --floor it also serves the first config's repository with stand-in models that do no work (bench/floor.py:
+fixed token ids, a model that only sleeps raw ORT's time per text so that requests batch as before the real one, a
+fixed answer, no model metrics), in the same rounds. Its CPU per text is the floor of "outside the model": what the
+design itself (the gateway, tritonserver, three Python backend stubs and the hops between them) costs on this machine
+even with free models. At --concurrency 1 its model does not sleep: the floor's p50 is then the path's own latency.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ import argparse
 import logging
 import os
 import re
+import statistics
 import sys
 import time
 from collections import Counter
@@ -32,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/process_cost.py`
     sys.path.insert(0, str(ROOT))
 
+from bench.floor import FloorError, floor_repository  # noqa: E402
 from bench.local_server import LocalServer, ServerError, assemble, stop_all  # noqa: E402
 from bench.pool import Pool, PoolError  # noqa: E402
 from bench.shapes import SIZES, ShapeError, ensure_size  # noqa: E402
@@ -43,6 +51,7 @@ STUB_INSTANCE = re.compile(r"\s(\w+?)_\d+_\d+\s")  # a backend stub's command li
 STUB_MODEL_FILE = re.compile(r"/(\w+)/\d+/model\.\w+(\s|$)")  # ... its model file: REPOSITORY/model/1/model.py
 GATEWAY_COMMAND = re.compile(r"(^|\s)-m\s+gateway(\.\w+)*(\s|$)|(^|[\s/])gateway/__main__\.py(\s|$)")
 MODELS = ("text_preprocessing", "model_onnx", "post_processing")
+FLOOR = "floor"  # the config name of the stand-in server (--floor)
 ROLES = ("gateway", "tritonserver", *MODELS, "other")
 
 
@@ -132,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 4; --quick 1)")
     parser.add_argument("--seconds", type=float, default=None,
                         help="about how long each engine runs per round (default 8; --quick 0.5)")
+    parser.add_argument("--floor", action="store_true",
+                        help="also serve the first config's repository with stand-in models that do no work "
+                             "(bench/floor.py): the CPU per text the serving path costs with free models")
     parser.add_argument("--quick", action="store_true", help="smoke test: 1 round of about 0.5 s per engine")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "build" / "process_cost",
                         help="assembled repositories and server logs (default build/process_cost); the --sizes "
@@ -146,6 +158,7 @@ class Tally:
     cpu: Counter = field(default_factory=Counter)
     texts: int = 0
     wall: float = 0.0
+    latencies: list[float] = field(default_factory=list)
 
     def ms_per_text(self, role: str | None = None) -> float:
         value = sum(self.cpu.values()) if role is None else self.cpu[role]
@@ -154,6 +167,10 @@ class Tally:
     @property
     def texts_per_second(self) -> float:
         return self.texts / self.wall if self.wall else 0.0
+
+    @property
+    def p50_ms(self) -> float:
+        return 1000.0 * statistics.median(self.latencies) if self.latencies else 0.0
 
 
 def total_for(pool: Pool, concurrency: int, seconds: float) -> int:
@@ -180,6 +197,20 @@ def measure_model(onnx_dir: Path, label: str, configs: dict[str, list[str]], pro
                                         build_dir=build_dir).launch()
         pools["raw 1x1"] = Pool.raw(onnx_dir, texts, processes=1, threads=1, cpus=cpus)
         pools[f"raw {len(cpus)}x1"] = Pool.raw(onnx_dir, texts, processes=len(cpus), threads=1, cpus=cpus)
+        if args.floor:
+            seconds_per_text = 0.0  # one in flight: nothing to batch, the floor's p50 is the path's own latency
+            if args.concurrency > 1:  # raw ORT's time per text, from a rate probe on a quiet machine
+                for server in servers.values():
+                    server.wait_ready()
+                totals["raw 1x1"] = total_for(pools["raw 1x1"], 1, args.seconds)
+                seconds_per_text = args.seconds / totals["raw 1x1"]
+            first = next(iter(servers.values()))
+            build_dir = args.work_dir.resolve() / f"{label}-{FLOOR}"
+            repository = floor_repository(first.repository, build_dir / "model_repository", seconds_per_text)
+            LOGGER.info("%s: the floor's model sleeps %.2f ms per text (raw ONNX Runtime, one thread)", label,
+                        1000 * seconds_per_text)
+            servers[FLOOR] = LocalServer(repository=repository, log=build_dir / "server.log",
+                                         build_dir=build_dir).launch()
         for server in servers.values():
             server.wait_ready()
         for protocol in protocols:
@@ -187,7 +218,8 @@ def measure_model(onnx_dir: Path, label: str, configs: dict[str, list[str]], pro
                 url = server.http_url if protocol == "http" else server.grpc_url
                 pools[f"{protocol} {name}"] = Pool.load(protocol, url, MODEL_NAME, texts, args.concurrency, 1, cpus)
         for key, pool in pools.items():
-            totals[key] = total_for(pool, 1 if key.startswith("raw") else args.concurrency, args.seconds)
+            if key not in totals:
+                totals[key] = total_for(pool, 1 if key.startswith("raw") else args.concurrency, args.seconds)
         for round_index in range(args.rounds):
             order = list(pools) if round_index % 2 == 0 else list(reversed(pools))
             for key in order:
@@ -201,6 +233,7 @@ def measure_model(onnx_dir: Path, label: str, configs: dict[str, list[str]], pro
                 else:
                     tally.cpu["raw"] += measurement.client_cpu_seconds
                 tally.texts += len(measurement.latencies)
+                tally.latencies.extend(measurement.latencies)
                 tally.wall += measurement.wall
                 time.sleep(0.2)  # spinning thread pools stop
             LOGGER.info("%s %s round %d/%d done", label, text_set, round_index + 1, args.rounds)
@@ -212,10 +245,12 @@ def measure_model(onnx_dir: Path, label: str, configs: dict[str, list[str]], pro
 
 
 COLUMNS = ("model", "protocol", "config", "raw", "served", "outside the model", "raw Nx1", "outside vs Nx1", *ROLES,
-           "served texts/s", "raw Nx1 texts/s", "served/raw")
+           "served texts/s", "raw Nx1 texts/s", "served/raw", "p50 ms")
 
 
 def table(rows: list[tuple[str, dict[str, Tally]]], protocols: list[str], configs: list[str]) -> str:
+    """One line per model, protocol and config; the floor's line (config FLOOR) has no model work, so its "outside
+    the model" is its whole CPU per text and the columns that compare with raw ORT are "-"."""
     lines = []
     for label, tallies in rows:
         raw = tallies["raw 1x1"]
@@ -224,13 +259,15 @@ def table(rows: list[tuple[str, dict[str, Tally]]], protocols: list[str], config
             for name in configs:
                 served = tallies[f"{protocol} {name}"]
                 total, roles = served.ms_per_text(), [served.ms_per_text(role) for role in ROLES[:-1]]
-                lines.append((label, protocol, name, f"{raw.ms_per_text():.2f}", f"{total:.2f}",
-                              f"{total - raw.ms_per_text():+.2f}", f"{best.ms_per_text():.2f}",
-                              f"{total - best.ms_per_text():+.2f}", *(f"{value:.3f}" for value in roles),
-                              f"{max(0.0, total - sum(roles)):.3f}",
-                              f"{served.texts_per_second:.1f}", f"{best.texts_per_second:.1f}",
-                              f"{served.texts_per_second / best.texts_per_second:.2f}" if best.texts_per_second
-                              else "-"))
+                floor = name == FLOOR
+                lines.append((label, protocol, name, "-" if floor else f"{raw.ms_per_text():.2f}", f"{total:.2f}",
+                              f"{total if floor else total - raw.ms_per_text():+.2f}",
+                              "-" if floor else f"{best.ms_per_text():.2f}",
+                              "-" if floor else f"{total - best.ms_per_text():+.2f}",
+                              *(f"{value:.3f}" for value in roles), f"{max(0.0, total - sum(roles)):.3f}",
+                              f"{served.texts_per_second:.1f}", "-" if floor else f"{best.texts_per_second:.1f}",
+                              f"{served.texts_per_second / best.texts_per_second:.2f}"
+                              if best.texts_per_second and not floor else "-", f"{served.p50_ms:.2f}"))
     widths = [max(len(column), *(len(line[i]) for line in lines)) for i, column in enumerate(COLUMNS)]
     text = ["  ".join(column.rjust(width) for column, width in zip(COLUMNS, widths)),
             "  ".join("-" * width for width in widths)]
@@ -257,6 +294,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--onnx-dir {args.onnx_dir} is not a converter output; run ./quickstart.sh or ./bench/run.sh, "
                      "or give --sizes tiny,mini")
     configs = dict(args.config or [("default", [])])
+    if FLOOR in configs:
+        parser.error(f"--config {FLOOR}=... : the name '{FLOOR}' is the stand-in server of --floor; choose another")
     cpus = len(os.sched_getaffinity(0))
     try:
         models = [(size, ensure_size(size, ROOT / "build" / "bench")[1]) for size in args.sizes] \
@@ -271,11 +310,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "rest of the session); outside the model = served - raw; raw Nx1: CPU per text of raw ORT's best "
                   f"throughput configuration ({cpus} single-thread processes side by side: the model's own work when "
                   f"{cpus} texts run at once, as under load); outside vs Nx1 = served - raw Nx1; served/raw: texts/s "
-                  "served over raw Nx1's.")
+                  "served over raw Nx1's; p50 ms: the served requests' median latency.")
             for name, options in configs.items():
                 print(f"config {name}: make_triton_image.sh {' '.join(options) or '(template defaults)'}")
-            print(table(rows, args.protocols, list(configs)))
-    except (ServerError, ShapeError, PoolError) as error:
+            if args.floor:
+                sleep = "does not sleep" if args.concurrency == 1 else "sleeps raw's time per text"
+                print(f"config {FLOOR}: config {next(iter(configs))}'s repository with stand-in models that do no "
+                      f"work (bench/floor.py; its model {sleep}): the serving path's own CPU per text, with free "
+                      "models")
+            print(table(rows, args.protocols, [*configs, *([FLOOR] if args.floor else [])]))
+    except (ServerError, ShapeError, PoolError, FloorError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0
