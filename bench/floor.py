@@ -22,74 +22,73 @@ TOKENS = 32  # token ids per text: a short support text's length; the size of a 
 MODELS = ("text_preprocessing", "model_onnx", "post_processing")
 
 _HEADER = '''"""A stand-in of bench/floor.py: the model's inputs and outputs, none of its work."""
+import json
 import time
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+
+class StandIn:
+    """One response per request, its tensors from tensors(rows); wait(texts) once the call's responses are made."""
+    INPUT = ""
+
+    def initialize(self, args):
+        self.outputs = {{output["name"]: output for output in json.loads(args["model_config"])["output"]}}
+
+    def execute(self, requests):
+        rows = [pb_utils.get_input_tensor_by_name(request, self.INPUT).as_numpy().shape[0] for request in requests]
+        responses = [pb_utils.InferenceResponse(output_tensors=self.tensors(count)) for count in rows]
+        self.wait(sum(rows))
+        return responses
+
+    def wait(self, texts):
+        pass
+
 '''
 
 TEXT_PREPROCESSING = _HEADER + '''
-class TritonPythonModel:
-    def initialize(self, args):
-        import json
-        config = json.loads(args["model_config"])
-        self.outputs = [output["name"] for output in config["output"]]
+VALUES = {{"input_ids": 5, "attention_mask": 1, "token_type_ids": 0}}
 
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            rows = pb_utils.get_input_tensor_by_name(request, "text_input").as_numpy().shape[0]
-            values = {{"input_ids": 5, "attention_mask": 1, "token_type_ids": 0}}
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor(name, np.full((rows, {tokens}), values.get(name, 0), dtype=np.int64))
-                for name in self.outputs]))
-        return responses
+
+class TritonPythonModel(StandIn):
+    INPUT = "text_input"
+
+    def tensors(self, rows):
+        return [pb_utils.Tensor(name, np.full((rows, {tokens}), VALUES.get(name, 0), dtype=np.int64))
+                for name in self.outputs]
 '''
 
 MODEL_ONNX = _HEADER + '''
 SECONDS_PER_TEXT = {seconds!r}
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        import json
-        config = json.loads(args["model_config"])
-        self.labels = int(config["output"][0]["dims"][0])
+class TritonPythonModel(StandIn):
+    INPUT = "input_ids"
 
-    def execute(self, requests):
-        responses, texts = [], 0
-        for request in requests:
-            rows = pb_utils.get_input_tensor_by_name(request, "input_ids").as_numpy().shape[0]
-            texts += rows
-            responses.append(pb_utils.InferenceResponse(output_tensors=[
-                pb_utils.Tensor("logits", np.zeros((rows, self.labels), dtype=np.float32))]))
+    def tensors(self, rows):
+        return [pb_utils.Tensor("logits", np.zeros((rows, int(self.outputs["logits"]["dims"][0])), dtype=np.float32))]
+
+    def wait(self, texts):
         time.sleep(SECONDS_PER_TEXT * texts)
-        return responses
 '''
 
 POST_PROCESSING = _HEADER + '''
 LABEL = {label!r}
 
 
-class TritonPythonModel:
-    def initialize(self, args):
-        import json
-        config = json.loads(args["model_config"])
-        self.dims = {{output["name"]: int(output["dims"][0]) for output in config["output"]}}
+class TritonPythonModel(StandIn):
+    INPUT = "logits"
 
-    def execute(self, requests):
-        responses = []
-        for request in requests:
-            rows = pb_utils.get_input_tensor_by_name(request, "logits").as_numpy().shape[0]
-            tensors = []
-            for name, width in self.dims.items():
-                if name in ("label", "labels"):
-                    tensors.append(pb_utils.Tensor(name, np.full((rows, width), LABEL.encode(), dtype=np.object_)))
-                else:
-                    tensors.append(pb_utils.Tensor(name, np.full((rows, width), 1.0 / width, dtype=np.float32)))
-            responses.append(pb_utils.InferenceResponse(output_tensors=tensors))
-        return responses
+    def tensors(self, rows):
+        tensors = []
+        for name, output in self.outputs.items():
+            width = int(output["dims"][0])
+            if name in ("label", "labels"):
+                tensors.append(pb_utils.Tensor(name, np.full((rows, width), LABEL.encode(), dtype=np.object_)))
+            else:
+                tensors.append(pb_utils.Tensor(name, np.full((rows, width), 1.0 / width, dtype=np.float32)))
+        return tensors
 '''
 
 
